@@ -1,0 +1,3 @@
+from mcnotify.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""Email and phone validation: email-validator and phonenumbers, plus Marketing Cloud's own import rules.
+
+Each function returns (normalised value, None) or (None, reason) and never raises.
+"""
+
+from __future__ import annotations
+
+import email_validator
+import phonenumbers
+
+MAX_EMAIL = 254  # MC EmailAddress field
+MAX_LOCAL = 100
+
+
+def validate_email(raw: object) -> tuple[str | None, str | None]:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None, "email missing"
+    if not isinstance(raw, str):
+        raw = str(raw)
+    value = raw.strip()
+    # MC's import rules, checked first because their reasons are the ones MC would give.
+    if any(ch.isspace() for ch in value):
+        return None, "email contains spaces"
+    if "\x00" in value:
+        return None, "email contains a NUL byte"
+    if not value.isascii():
+        return None, "email contains multibyte characters"
+    if value.count("@") != 1:
+        return None, "email must contain exactly one @"
+    local, domain = value.split("@")
+    if len(value) > MAX_EMAIL:
+        return None, f"email longer than {MAX_EMAIL} characters"
+    if len(local) > MAX_LOCAL:
+        return None, f"email local part longer than {MAX_LOCAL} characters"
+    tld = domain.rsplit(".", 1)[-1] if "." in domain else ""
+    if len(tld) < 2:
+        return None, "email domain has no top-level domain of two or more letters"
+    try:
+        result = email_validator.validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except email_validator.EmailNotValidError as exc:
+        return None, f"email invalid: {exc}"
+    except Exception as exc:  # never let a library surprise crash a batch
+        return None, f"email invalid: {type(exc).__name__}"
+    return result.normalized, None
+
+
+def normalise_phone(raw: object, default_region: str) -> tuple[str | None, str | None]:
+    """Digits with country code, no '+', as MC's SMS APIs want: 0912-345-678 (TW) -> 886912345678."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None, "phone missing"
+    text = str(raw).strip()
+    if "\x00" in text:
+        return None, "phone contains a NUL byte"
+    try:
+        number = phonenumbers.parse(text, default_region.upper())
+    except phonenumbers.NumberParseException as exc:
+        return None, f"phone invalid: {exc._msg}"
+    except Exception as exc:
+        return None, f"phone invalid: {type(exc).__name__}"
+    if not phonenumbers.is_valid_number(number):
+        return None, "phone is not a valid number"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+"), None

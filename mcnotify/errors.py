@@ -1,0 +1,65 @@
+"""Errors that carry the process exit code the CLI should end with (sysexits-style)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # a required service stayed unreachable after retries
+EXIT_TEMPORARY = 75  # try again later: lock held, import still pending
+EXIT_CONFIG = 78
+
+
+class McnotifyError(Exception):
+    """A failure with a one-line, user-facing message."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(McnotifyError):
+    exit_code = EXIT_CONFIG
+
+
+class TemporaryError(McnotifyError):
+    exit_code = EXIT_TEMPORARY
+
+
+class LockHeld(TemporaryError):
+    pass
+
+
+class ImportPending(TemporaryError):
+    pass
+
+
+class ServiceUnavailable(McnotifyError):
+    """Connection-level failure to MySQL, SFTP or MC that retries did not cure."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class McApiError(McnotifyError):
+    """Marketing Cloud answered, but with an error we cannot retry away."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class TransientMcError(McApiError):
+    """Worth retrying: 5xx, 429, throttling faults. `retry_after` is MC's hint in seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status, code)
+        self.retry_after = retry_after
+
+
+class AuthExpired(McApiError):
+    """401 from MC: the token is no longer accepted."""

@@ -1,0 +1,1 @@
+"""Marketing Cloud integration: token, HTTP client, REST messaging, SOAP import, SFTP upload."""

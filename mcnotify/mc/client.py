@@ -1,0 +1,202 @@
+"""One HTTP client for MC's REST and SOAP endpoints: bearer token, timeouts, retries, keep-alive hygiene.
+
+- Every request has a timeout.
+- MC closes keep-alive connections idle for 5 s; each thread drops its pooled connections once they have idled
+  `idle_close` seconds, and a request that still meets a closed connection is retried.
+- 429 / 5xx / connection failures are retried with exponential backoff, honouring Retry-After. A request that
+  is not idempotent is only retried when it certainly never reached MC.
+- A 401 drops the token, fetches a new one and retries once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from mcnotify.errors import AuthExpired, ServiceUnavailable, TransientMcError
+from mcnotify.mc.auth import TokenProvider
+
+log = logging.getLogger(__name__)
+
+
+class OutcomeUnknown(Exception):
+    """A non-idempotent request may or may not have reached MC."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON, or text for SOAP
+    headers: Mapping[str, str]
+
+
+def _retry_after(resp: requests.Response, body: Any) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value is None and isinstance(body, dict):
+        value = body.get("retryAfter")
+    try:
+        return None if value is None else max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached the server (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return isinstance(exc, requests.ConnectionError) and ("NewConnectionError" in text or "NameResolution" in text)
+
+
+class McClient:
+    def __init__(
+        self,
+        section: Mapping[str, Any],
+        tokens: TokenProvider,
+        sleep: Callable[[float], None] = time.sleep,
+        on_throttle: Callable[[], None] | None = None,
+    ) -> None:
+        self._section = section
+        self.tokens = tokens
+        self._sleep = sleep
+        self._local = threading.local()
+        self._on_throttle = on_throttle
+        self.retries = 0
+
+    # Each thread gets its own session, so "idle for N seconds" is true of the connection it pools.
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        now = time.monotonic()
+        last = getattr(self._local, "last_used", 0.0)
+        if session is not None and now - last >= float(self._section["idle_close"]):
+            session.close()
+        if session is None:
+            session = requests.Session()
+            self._local.session = session
+        self._local.last_used = now
+        return session
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+
+    def _backoff(self, attempt: int, hint: float | None) -> float:
+        cap = float(self._section["backoff_max"])
+        if hint is not None:
+            return min(hint, cap)
+        return float(min(cap, 0.5 * 2**attempt) * (0.5 + random.random() / 2))
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        api: str = "rest",
+        json: Any = None,
+        soap: tuple[str, Callable[[str], str]] | None = None,
+        idempotent: bool = True,
+    ) -> Reply:
+        """Send one request. `soap` is (SOAPAction, envelope builder taking the token)."""
+        attempts = int(self._section["max_attempts"])
+        refreshed = False
+        attempt = 0
+        last_problem = ""
+        while True:
+            token = self.tokens.get()
+            base = token.rest_url if api == "rest" else token.soap_url
+            url = base + path.lstrip("/")
+            headers = {"Authorization": f"Bearer {token.access_token}"} if api == "rest" else {}
+            data = None
+            if soap is not None:
+                action, build = soap
+                headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
+                data = build(token.access_token).encode("utf-8")
+            try:
+                resp = self._session().request(
+                    method,
+                    url,
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    timeout=float(self._section["timeout"]),
+                )
+            except requests.RequestException as exc:
+                last_problem = f"{urlsplit(url).netloc} unreachable ({type(exc).__name__})"
+                if not idempotent and not _never_sent(exc):
+                    raise OutcomeUnknown(last_problem) from None
+                self.close_thread_session()
+                attempt += 1
+                if attempt >= attempts:
+                    raise ServiceUnavailable(f"MC {last_problem} after {attempts} attempts") from None
+                self.retries += 1
+                self._sleep(self._backoff(attempt, None))
+                continue
+
+            body = self._parse(resp, soap is not None)
+            try:
+                self._raise_for_status(resp, body, soap is not None)
+            except AuthExpired:
+                if refreshed:
+                    raise
+                refreshed = True
+                log.info("MC refused the token; fetching a new one and retrying once")
+                self.tokens.invalidate(token)
+                continue
+            except TransientMcError as exc:
+                if exc.status == 429 and self._on_throttle:
+                    self._on_throttle()
+                # A 5xx after the body was sent may mean MC acted on it: only safe when idempotent.
+                if not idempotent and exc.status != 429 and exc.status != 503:
+                    raise OutcomeUnknown(str(exc)) from None
+                attempt += 1
+                if attempt >= attempts:
+                    raise ServiceUnavailable(f"{exc} (gave up after {attempts} attempts)") from None
+                self.retries += 1
+                self._sleep(self._backoff(attempt, exc.retry_after))
+                continue
+            return Reply(resp.status_code, body, resp.headers)
+
+    def close_thread_session(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+
+    @staticmethod
+    def _parse(resp: requests.Response, soap: bool) -> Any:
+        if soap:
+            return resp.text
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            return resp.text
+
+    @staticmethod
+    def _raise_for_status(resp: requests.Response, body: Any, soap: bool) -> None:
+        code = resp.status_code
+        if soap:
+            from mcnotify.mc.soap import check_fault  # SOAP faults carry auth and throttling errors
+
+            check_fault(code, body)
+            return
+        if code == 401:
+            raise AuthExpired("MC answered 401 Not Authorized", code)
+        if code == 429 or code >= 500:
+            detail = body.get("message") if isinstance(body, dict) else None
+            kind = "" if isinstance(body, dict) else " (not JSON)"
+            raise TransientMcError(
+                f"MC answered HTTP {code}{kind}" + (f": {detail}" if detail else ""),
+                code,
+                str(body.get("errorcode")) if isinstance(body, dict) else None,
+                _retry_after(resp, body),
+            )

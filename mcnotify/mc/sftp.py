@@ -1,0 +1,120 @@
+"""Upload one file to MC's Enhanced SFTP: host key verified against known_hosts, temp name then rename."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import posixpath
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _connect(section: Mapping[str, Any]) -> paramiko.SSHClient:
+    known_hosts = Path(section["known_hosts"]).expanduser()
+    if not known_hosts.is_file():
+        raise ConfigError(f"[sftp] known_hosts file not found: {known_hosts}")
+    client = paramiko.SSHClient()
+    try:
+        client.load_host_keys(str(known_hosts))
+    except (OSError, paramiko.SSHException) as exc:
+        raise ConfigError(f"[sftp] known_hosts {known_hosts} unreadable: {exc}") from None
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never trust on first use
+    host, port = section["host"], int(section["port"])
+    where = f"{host}:{port}"
+    timeout = float(section["timeout"])
+    last = ""
+    for attempt in range(3):
+        if attempt:
+            time.sleep(2.0**attempt)
+        try:
+            client.connect(
+                host,
+                port=port,
+                username=section["username"],
+                password=section["password"] or None,
+                key_filename=section["key_file"] or None,
+                passphrase=section["key_passphrase"] or None,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+            return client
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise McnotifyError(
+                f"SFTP host key for {where} does not match {known_hosts}: server offered {exc.key.get_name()} "
+                f"{fingerprint(exc.key)}, expected {fingerprint(exc.expected_key)}; refusing to connect"
+            ) from None
+        except paramiko.AuthenticationException:
+            client.close()
+            # No retry: MC locks the account for 30 minutes after repeated bad logins.
+            raise ConfigError(f"SFTP {where} refused the login for user {section['username']!r}") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise ConfigError(
+                    f"SFTP host {where} is not in {known_hosts}; verify its key and add it "
+                    f"(ssh-keyscan -p {port} {host})"
+                ) from None
+            last = f"SSH error: {exc}"
+        except (TimeoutError, OSError, EOFError) as exc:
+            client.close()
+            last = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+    raise ServiceUnavailable(f"SFTP {where} unreachable after 3 attempts ({last})")
+
+
+def upload(section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
+    """Upload `local_path` as `remote_dir/remote_name`; returns the remote path. Never leaves a partial file
+    under the final name: MC may import whatever it finds there."""
+    remote_dir = section["remote_dir"]
+    final = posixpath.join(remote_dir, remote_name)
+    partial = posixpath.join(remote_dir, f"{remote_name}.part")
+    client = _connect(section)
+    try:
+        sftp = client.open_sftp()
+        sftp.get_channel().settimeout(float(section["timeout"]))  # type: ignore[union-attr]
+        size = local_path.stat().st_size
+        try:
+            sftp.put(str(local_path), partial, confirm=True)
+            try:
+                sftp.posix_rename(partial, final)
+            except OSError:
+                # No posix-rename extension: plain SFTP rename refuses to overwrite.
+                with contextlib.suppress(OSError):
+                    sftp.remove(final)
+                sftp.rename(partial, final)
+            remote_size = sftp.stat(final).st_size
+        except OSError as exc:
+            raise McnotifyError(f"SFTP upload to {section['host']}:{final} failed: {exc}") from None
+        if remote_size != size:
+            raise McnotifyError(f"SFTP upload to {final} is {remote_size} bytes, expected {size}")
+        return final
+    except (TimeoutError, paramiko.SSHException, EOFError) as exc:
+        raise ServiceUnavailable(f"SFTP connection to {section['host']} lost during upload: {exc}") from None
+    finally:
+        client.close()
+
+
+def check_login(section: Mapping[str, Any]) -> str:
+    """Connect, verify the host key, log in and list remote_dir: for `doctor`."""
+    client = _connect(section)
+    try:
+        names = client.open_sftp().listdir(section["remote_dir"])
+        return f"{len(names)} entries in {section['remote_dir']}"
+    finally:
+        client.close()

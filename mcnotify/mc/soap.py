@@ -1,0 +1,145 @@
+"""SOAP calls for the import: Perform(start) an ImportDefinition and Retrieve its ImportResultsSummary."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+from mcnotify.errors import AuthExpired, McApiError, TransientMcError
+from mcnotify.mc.client import McClient
+
+ENV_OPEN = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+    '<s:Header><fueloauth xmlns="http://exacttarget.com">{token}</fueloauth></s:Header><s:Body>'
+)
+ENV_CLOSE = "</s:Body></s:Envelope>"
+SUMMARY_PROPERTIES = (
+    "ImportStatus",
+    "NumberSuccessful",
+    "NumberErrors",
+    "NumberDuplicated",
+    "TotalRows",
+    "StartDate",
+    "EndDate",
+)
+FINAL_STATUSES = {"Completed", "Error"}
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    status: str
+    total: int | None
+    ok: int | None
+    errors: int | None
+    duplicates: int | None
+
+
+def envelope(token: str, body: str) -> str:
+    return ENV_OPEN.format(token=escape(token)) + body + ENV_CLOSE
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _find_all(root: ET.Element, name: str) -> list[ET.Element]:
+    return [el for el in root.iter() if _local(el.tag) == name]
+
+
+def _text(root: ET.Element, name: str) -> str | None:
+    found = _find_all(root, name)
+    return found[0].text if found else None
+
+
+def _parse(text: str) -> ET.Element:
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError:
+        raise McApiError("MC SOAP answered with something that is not XML") from None
+
+
+def check_fault(status: int, text: str) -> None:
+    """Turn a SOAP fault into the right error; faults carry auth expiry and throttling."""
+    if "Fault" not in text and status < 400:
+        return
+    if status == 401:
+        raise AuthExpired("MC SOAP answered 401", status)
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        if status == 429 or status >= 500:
+            raise TransientMcError(f"MC SOAP answered HTTP {status} (not XML)", status) from None
+        raise McApiError(f"MC SOAP answered HTTP {status} (not XML)", status) from None
+    faults = _find_all(root, "Fault")
+    if not faults:
+        if status >= 500:
+            raise TransientMcError(f"MC SOAP answered HTTP {status}", status)
+        return
+    faultcode = (_text(faults[0], "faultcode") or "").lower()
+    faultstring = _text(faults[0], "faultstring") or "SOAP fault"
+    lowered = faultstring.lower()
+    if "rate limited" in lowered or "throttl" in lowered:
+        raise TransientMcError(f"MC SOAP throttled: {faultstring}", 429)
+    # The exact expired-token fault is UNCONFIRMED; these are the markers FuelSDK users report.
+    if faultcode.endswith("security") or "login failed" in lowered or "token" in lowered:
+        raise AuthExpired(f"MC SOAP refused the token: {faultstring}", status)
+    if status >= 500 and "server" in faultcode:
+        raise TransientMcError(f"MC SOAP fault: {faultstring}", status)
+    raise McApiError(f"MC SOAP fault: {faultstring}", status)
+
+
+def start_import(client: McClient, customer_key: str) -> str:
+    body = (
+        '<PerformRequestMsg xmlns="http://exacttarget.com/wsdl/partnerAPI"><Action>start</Action>'
+        '<Definitions><Definition xsi:type="ImportDefinition">'
+        f"<CustomerKey>{escape(customer_key)}</CustomerKey></Definition></Definitions></PerformRequestMsg>"
+    )
+    reply = client.call("POST", "Service.asmx", api="soap", soap=("Perform", lambda t: envelope(t, body)))
+    root = _parse(reply.body)
+    status = _text(root, "StatusCode")
+    if status != "OK":
+        message = _text(root, "StatusMessage") or _text(root, "OverallStatus") or "no status"
+        raise McApiError(f"MC refused to start import definition {customer_key!r}: {message}")
+    tasks = _find_all(root, "Task")
+    task_id = _text(tasks[0], "ID") if tasks else None
+    if not task_id:
+        raise McApiError(f"MC started import definition {customer_key!r} but returned no task id")
+    return task_id
+
+
+def import_summary(client: McClient, task_id: str) -> ImportSummary | None:
+    """The import's summary, or None while MC has none yet (normal right after the start)."""
+    props = "".join(f"<Properties>{p}</Properties>" for p in SUMMARY_PROPERTIES)
+    body = (
+        '<RetrieveRequestMsg xmlns="http://exacttarget.com/wsdl/partnerAPI"><RetrieveRequest>'
+        f"<ObjectType>ImportResultsSummary</ObjectType>{props}"
+        '<Filter xsi:type="SimpleFilterPart"><Property>TaskResultID</Property>'
+        f"<SimpleOperator>equals</SimpleOperator><Value>{escape(task_id)}</Value></Filter>"
+        "</RetrieveRequest></RetrieveRequestMsg>"
+    )
+    reply = client.call("POST", "Service.asmx", api="soap", soap=("Retrieve", lambda t: envelope(t, body)))
+    root = _parse(reply.body)
+    overall = _text(root, "OverallStatus") or ""
+    if overall not in ("OK", "MoreDataAvailable"):
+        raise McApiError(f"MC could not retrieve the import summary: {overall or 'no status'}")
+    results = _find_all(root, "Results")
+    if not results:
+        return None
+
+    def number(name: str) -> int | None:
+        value = _text(results[0], name)
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            return None
+
+    return ImportSummary(
+        status=_text(results[0], "ImportStatus") or "Unknown",
+        total=number("TotalRows"),
+        ok=number("NumberSuccessful"),
+        errors=number("NumberErrors"),
+        duplicates=number("NumberDuplicated"),
+    )

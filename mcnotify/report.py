@@ -1,0 +1,73 @@
+"""Plain-data views of the state for `status` (rendered by the CLI, or printed as JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcnotify.state import StateStore
+
+STEPS = ("sync", "wait-import", "send-email", "send-sms")
+
+
+def _duration(step: dict[str, Any] | None) -> float | None:
+    if not step or step.get("started_at") is None or step.get("finished_at") is None:
+        return None
+    return round(float(step["finished_at"]) - float(step["started_at"]), 3)
+
+
+def batch_view(store: StateStore, batch_id: int) -> dict[str, Any] | None:
+    batch = store.batch(batch_id)
+    if batch is None:
+        return None
+    counts = store.counts(batch_id)
+    steps = store.steps(batch_id)
+    channels: dict[str, dict[str, int]] = {}
+    for (channel, status), n in counts.items():
+        channels.setdefault(channel or "unknown-template", {})[status] = n
+    return {
+        "batch": batch.id,
+        "created_at": batch.created_at,
+        "status": batch.status,
+        "rows": batch.rows,
+        "invalid": batch.invalid,
+        "conflicts": batch.conflicts,
+        "csv_rows": batch.csv_rows,
+        "import": {
+            "status": batch.import_status,
+            "task_id": batch.import_task_id,
+            "total": batch.import_total,
+            "ok": batch.import_ok,
+            "errors": batch.import_errors,
+            "duplicates": batch.import_duplicates,
+        },
+        "channels": channels,
+        "steps": {
+            name: {
+                "status": steps[name]["status"],
+                "started_at": steps[name]["started_at"],
+                "finished_at": steps[name]["finished_at"],
+                "seconds": _duration(steps[name]),
+                "detail": steps[name]["detail"],
+            }
+            for name in STEPS
+            if name in steps
+        },
+        "errors": store.errors(batch_id),
+    }
+
+
+def status(store: StateStore, limit: int = 10) -> dict[str, Any]:
+    totals: dict[str, int] = {}
+    for (_, status_name), n in store.counts().items():
+        totals[status_name] = totals.get(status_name, 0) + n
+    batches = [v for b in store.batches(limit=limit) if (v := batch_view(store, b.id))]
+    runs = store.runs(limit=5)
+    return {
+        "state": str(store.path),
+        "watermark": store.get_meta("source.watermark"),
+        "totals": totals,
+        "batches": batches,
+        "recent_runs": [
+            {k: r[k] for k in ("id", "command", "started_at", "finished_at", "exit_code", "error")} for r in runs
+        ],
+    }

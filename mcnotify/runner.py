@@ -1,0 +1,76 @@
+"""Runs one command against the state: opens it, takes the lock, records the run, always closes.
+
+A dry run opens no lock, records no run and, when no state file exists yet, works on an empty in-memory one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from mcnotify.config import Settings
+from mcnotify.errors import McnotifyError
+from mcnotify.redact import scrub
+from mcnotify.state import StateStore
+from mcnotify.steps import Context
+
+T = TypeVar("T")
+
+
+@contextmanager
+def open_context(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    lock: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[Context]:
+    path = settings.state_path
+    store = StateStore(path, memory=dry_run and not path.exists())
+    ctx = Context(settings, store)
+    if progress:
+        ctx.progress = progress
+    try:
+        if lock and not dry_run:
+            store.lock()
+        yield ctx
+    finally:
+        ctx.close()
+        store.close()
+
+
+def _counts(result: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        data = dataclasses.asdict(result)
+        return {k: v for k, v in data.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    return {}
+
+
+def execute(
+    settings: Settings,
+    command: str,
+    action: Callable[[Context], T],
+    *,
+    dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> T:
+    with open_context(settings, dry_run=dry_run, progress=progress) as ctx:
+        if dry_run:
+            return action(ctx)
+        run_id = ctx.store.run_started(command)
+        started = time.monotonic()
+        try:
+            result = action(ctx)
+        except McnotifyError as exc:
+            ctx.store.run_finished(run_id, exc.exit_code, scrub(str(exc), settings.secrets), {})
+            raise
+        except BaseException as exc:
+            ctx.store.run_finished(run_id, 1, scrub(f"{type(exc).__name__}: {exc}", settings.secrets), {})
+            raise
+        counts = _counts(result)
+        counts["seconds"] = round(time.monotonic() - started, 3)
+        ctx.store.run_finished(run_id, 0, None, counts)
+        return result

@@ -1,0 +1,81 @@
+"""State file schema. Each entry of MIGRATIONS moves `PRAGMA user_version` up by one."""
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL,          -- claiming, claimed, importing, imported, done
+        rows INTEGER NOT NULL DEFAULT 0,
+        invalid INTEGER NOT NULL DEFAULT 0,
+        conflicts INTEGER NOT NULL DEFAULT 0,
+        csv_rows INTEGER,
+        remote_path TEXT,
+        uploaded_at REAL,
+        import_task_id TEXT,
+        import_status TEXT,            -- MC's ImportStatus, or skipped / assumed (fixed-delay)
+        import_total INTEGER,
+        import_ok INTEGER,
+        import_errors INTEGER,
+        import_duplicates INTEGER,
+        import_done_at REAL
+    );
+    CREATE INDEX batches_status ON batches (status);
+
+    CREATE TABLE steps (
+        batch_id INTEGER NOT NULL REFERENCES batches (id),
+        step TEXT NOT NULL,
+        status TEXT NOT NULL,          -- running, done, failed, skipped
+        started_at REAL,
+        finished_at REAL,
+        detail TEXT,
+        PRIMARY KEY (batch_id, step)
+    );
+
+    CREATE TABLE notifications (
+        seq INTEGER PRIMARY KEY,       -- arrival order; 'newest wins' compares it
+        notification_id TEXT NOT NULL UNIQUE,
+        batch_id INTEGER NOT NULL REFERENCES batches (id),
+        template TEXT NOT NULL,
+        channel TEXT,                  -- email / sms; NULL for a template the config does not know
+        subscriber_key TEXT,
+        address TEXT,                  -- normalised email or phone
+        raw_contact TEXT,              -- what the source gave, kept for `invalid` reports
+        attributes TEXT NOT NULL,      -- JSON object of the other source columns
+        from_name TEXT,
+        status TEXT NOT NULL,          -- pending, invalid, sending, sent, failed, unknown
+        reason TEXT,
+        error_code TEXT,
+        message_key TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL
+    );
+    CREATE INDEX notifications_work ON notifications (batch_id, channel, status);
+    CREATE INDEX notifications_status ON notifications (status);
+
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        command TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        exit_code INTEGER,
+        error TEXT,
+        counts TEXT
+    );
+    CREATE INDEX runs_started ON runs (started_at);
+
+    -- The one secret the state keeps; never included in dumps.
+    CREATE TABLE token (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        access_token TEXT NOT NULL,
+        rest_url TEXT NOT NULL,
+        soap_url TEXT NOT NULL,
+        obtained_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
+]

@@ -1,0 +1,376 @@
+"""The SQLite state file: the only hand-off between steps, and the memory of every notification's fate."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcnotify.errors import LockHeld, McnotifyError
+from mcnotify.state.schema import MIGRATIONS
+
+# Delivery states. 'sending' is written before a request whose outcome a crash could hide.
+PENDING, SENDING, SENT, FAILED, INVALID, UNKNOWN = (
+    "pending",
+    "sending",
+    "sent",
+    "failed",
+    "invalid",
+    "unknown",
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: int
+    created_at: float
+    status: str
+    rows: int
+    invalid: int
+    conflicts: int
+    csv_rows: int | None
+    remote_path: str | None
+    uploaded_at: float | None
+    import_task_id: str | None
+    import_status: str | None
+    import_total: int | None
+    import_ok: int | None
+    import_errors: int | None
+    import_duplicates: int | None
+    import_done_at: float | None
+
+
+@dataclass(frozen=True)
+class Notification:
+    seq: int
+    notification_id: str
+    batch_id: int
+    template: str
+    channel: str | None
+    subscriber_key: str | None
+    address: str | None
+    attributes: dict[str, Any]
+    from_name: str | None
+    status: str
+    message_key: str | None
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: str
+    rest_url: str
+    soap_url: str
+    obtained_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    notification_id: str
+    template: str
+    channel: str | None
+    subscriber_key: str | None
+    address: str | None
+    raw_contact: str | None
+    attributes: dict[str, Any]
+    from_name: str | None
+    status: str  # pending or invalid
+    reason: str | None
+    message_key: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one send attempt decided for one notification."""
+
+    seq: int
+    status: str
+    error_code: str | None = None
+    reason: str | None = None
+
+
+class StateStore:
+    def __init__(self, path: Path, memory: bool = False) -> None:
+        """`memory`: an empty throw-away state (dry runs before the first real run)."""
+        self.path = path
+        self.memory = memory
+        try:
+            if not memory:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if not path.exists():
+                    # Created private before SQLite opens it: the file holds contacts and a token.
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            target = ":memory:" if memory else path
+            self.conn = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise McnotifyError(f"cannot open state file {path}: {exc}") from None
+        self._lock_fd: int | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.unlock()
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise McnotifyError(f"state file {self.path} is from a newer mcnotify (schema {version})")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+
+    def lock(self) -> None:
+        """An advisory lock held for the life of the process; the kernel drops it if we die."""
+        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(f"another mcnotify run holds the lock on {self.path}; try again later") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- meta ---------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # -- batches ------------------------------------------------------------------------------------------
+    def batch(self, batch_id: int) -> Batch | None:
+        row = self.conn.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return None if row is None else Batch(**dict(row))
+
+    def batches(self, *statuses: str, limit: int | None = None) -> list[Batch]:
+        sql = "SELECT * FROM batches"
+        args: list[Any] = []
+        if statuses:
+            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        sql += " ORDER BY id DESC" if limit else " ORDER BY id"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Batch(**dict(r)) for r in self.conn.execute(sql, args)]
+
+    def create_batch(self) -> int:
+        cur = self.conn.execute("INSERT INTO batches (created_at, status) VALUES (?, 'claiming')", (time.time(),))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def update_batch(self, batch_id: int, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(f"UPDATE batches SET {cols} WHERE id = ?", (*fields.values(), batch_id))
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def step_started(self, batch_id: int, step: str) -> None:
+        self.conn.execute(
+            "INSERT INTO steps (batch_id, step, status, started_at) VALUES (?, ?, 'running', ?) "
+            "ON CONFLICT (batch_id, step) DO UPDATE SET status = 'running', "
+            "started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = NULL",
+            (batch_id, step, time.time()),
+        )
+
+    def step_finished(self, batch_id: int, step: str, status: str, detail: str | None = None) -> None:
+        now = time.time()
+        self.conn.execute(
+            "INSERT INTO steps (batch_id, step, status, started_at, finished_at, detail) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (batch_id, step) DO UPDATE SET status = excluded.status, "
+            "finished_at = excluded.finished_at, detail = excluded.detail",
+            (batch_id, step, status, now, now, detail),
+        )
+
+    def steps(self, batch_id: int) -> dict[str, dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM steps WHERE batch_id = ?", (batch_id,))
+        return {r["step"]: dict(r) for r in rows}
+
+    # -- notifications ------------------------------------------------------------------------------------
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = f"SELECT notification_id FROM notifications WHERE notification_id IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.conn.execute(sql, chunk))
+        return found
+
+    def add_notifications(self, batch_id: int, rows: Iterable[NewNotification]) -> None:
+        now = time.time()
+        self.conn.executemany(
+            "INSERT INTO notifications (notification_id, batch_id, template, channel, subscriber_key, address,"
+            " raw_contact, attributes, from_name, status, reason, message_key, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    n.notification_id,
+                    batch_id,
+                    n.template,
+                    n.channel,
+                    n.subscriber_key,
+                    n.address,
+                    n.raw_contact,
+                    json.dumps(n.attributes, ensure_ascii=False, default=str),
+                    n.from_name,
+                    n.status,
+                    n.reason,
+                    n.message_key,
+                    now,
+                )
+                for n in rows
+            ],
+        )
+
+    def subscriber_rows(self, batch_id: int) -> list[tuple[int, str, str]]:
+        """(seq, subscriber key, email) of the batch's sendable email notifications, oldest first."""
+        return [
+            (r[0], r[1], r[2])
+            for r in self.conn.execute(
+                "SELECT seq, subscriber_key, address FROM notifications"
+                " WHERE batch_id = ? AND channel = 'email' AND status != 'invalid' ORDER BY seq",
+                (batch_id,),
+            )
+        ]
+
+    def set_address(self, seqs: Sequence[int], address: str) -> None:
+        self.conn.executemany("UPDATE notifications SET address = ? WHERE seq = ?", [(address, s) for s in seqs])
+
+    def work(self, batch_id: int, channel: str, statuses: Sequence[str]) -> list[Notification]:
+        sql = (
+            "SELECT seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes,"
+            " from_name, status, message_key FROM notifications WHERE batch_id = ? AND channel = ?"
+            f" AND status IN ({','.join('?' * len(statuses))}) ORDER BY seq"
+        )
+        out = []
+        for r in self.conn.execute(sql, (batch_id, channel, *statuses)):
+            d = dict(r)
+            d["attributes"] = json.loads(d["attributes"])
+            out.append(Notification(**d))
+        return out
+
+    def mark(self, seqs: Sequence[int], status: str) -> None:
+        now = time.time()
+        self.conn.executemany(
+            "UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ? WHERE seq = ?",
+            [(status, now, s) for s in seqs],
+        )
+
+    def record(self, outcomes: Iterable[Outcome]) -> None:
+        now = time.time()
+        self.conn.executemany(
+            "UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ? WHERE seq = ?",
+            [(o.status, o.error_code, o.reason, now, o.seq) for o in outcomes],
+        )
+
+    def fail_channel(self, batch_id: int, channel: str, reason: str) -> int:
+        cur = self.conn.execute(
+            "UPDATE notifications SET status = 'failed', reason = ?, updated_at = ?"
+            " WHERE batch_id = ? AND channel = ? AND status IN ('pending', 'sending')",
+            (reason, time.time(), batch_id, channel),
+        )
+        return cur.rowcount
+
+    def counts(self, batch_id: int | None = None) -> dict[tuple[str | None, str], int]:
+        """{(channel, status): n} for one batch or all."""
+        sql = "SELECT channel, status, COUNT(*) FROM notifications"
+        args: tuple[Any, ...] = ()
+        if batch_id is not None:
+            sql += " WHERE batch_id = ?"
+            args = (batch_id,)
+        sql += " GROUP BY channel, status"
+        return {(r[0], r[1]): r[2] for r in self.conn.execute(sql, args)}
+
+    def open_work(self, batch_id: int) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT COUNT(*) FROM notifications WHERE batch_id = ? AND status IN ('pending', 'sending')",
+                (batch_id,),
+            ).fetchone()[0]
+        )
+
+    def invalid_rows(self, batch_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT batch_id, notification_id, template, channel, subscriber_key, raw_contact, reason"
+            " FROM notifications WHERE status = 'invalid'"
+        )
+        args: list[Any] = []
+        if batch_id is not None:
+            sql += " AND batch_id = ?"
+            args.append(batch_id)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self.conn.execute(sql, args)]
+
+    def errors(self, batch_id: int, limit: int = 5) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self.conn.execute(
+                "SELECT notification_id, channel, status, error_code, reason FROM notifications"
+                " WHERE batch_id = ? AND status IN ('failed', 'unknown') ORDER BY seq LIMIT ?",
+                (batch_id, limit),
+            )
+        ]
+
+    # -- token --------------------------------------------------------------------------------------------
+    def token(self) -> Token | None:
+        row = self.conn.execute(
+            "SELECT access_token, rest_url, soap_url, obtained_at, expires_at FROM token WHERE id = 1"
+        ).fetchone()
+        return None if row is None else Token(**dict(row))
+
+    def save_token(self, token: Token) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO token (id, access_token, rest_url, soap_url, obtained_at, expires_at)"
+            " VALUES (1, ?, ?, ?, ?, ?)",
+            (token.access_token, token.rest_url, token.soap_url, token.obtained_at, token.expires_at),
+        )
+
+    def drop_token(self) -> None:
+        self.conn.execute("DELETE FROM token")
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    def run_started(self, command: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs (command, host, pid, started_at) VALUES (?, ?, ?, ?)",
+            (command, socket.gethostname(), os.getpid(), time.time()),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def run_finished(self, run_id: int, exit_code: int, error: str | None, counts: dict[str, Any]) -> None:
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?, exit_code = ?, error = ?, counts = ? WHERE id = ?",
+            (time.time(), exit_code, error, json.dumps(counts), run_id),
+        )
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]

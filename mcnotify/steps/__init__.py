@@ -1,0 +1,36 @@
+"""One module per step; `Context` is what they share: settings, the state store and a lazy MC client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mcnotify.config import Settings
+from mcnotify.mc.auth import TokenCache, TokenProvider
+from mcnotify.mc.client import McClient
+from mcnotify.state import StateStore
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: StateStore
+    progress: Callable[[str], None] = _quiet
+    sleep: Callable[[float], None] = time.sleep
+    _client: McClient | None = field(default=None, repr=False)
+
+    def mc(self) -> McClient:
+        if self._client is None:
+            section = self.settings.section("marketing_cloud")
+            tokens = TokenProvider(section, TokenCache(None if self.store.memory else self.store.path))
+            self._client = McClient(section, tokens, sleep=self.sleep)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

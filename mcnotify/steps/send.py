@@ -1,0 +1,242 @@
+"""send-email / send-sms: deliver a batch's pending notifications once its import has finished.
+
+Requests run in a bounded thread pool; only the main thread writes the state, one transaction per call.
+Transactional sends carry a deterministic messageKey, so repeating one after a crash or a lost reply cannot
+send twice (MC answers 109110). Triggered sends have no such key: each is marked 'sending' first, and one whose
+outcome a crash or a lost reply hid is recorded 'unknown', never sent again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcnotify.errors import McnotifyError
+from mcnotify.mc import rest
+from mcnotify.mc.client import OutcomeUnknown
+from mcnotify.redact import mask_contact
+from mcnotify.state import Batch, Notification
+from mcnotify.state.store import FAILED, PENDING, SENDING, SENT, UNKNOWN, Outcome
+from mcnotify.steps import Context
+
+EMAIL_READY = {"Completed", "skipped", "assumed"}
+
+
+@dataclass
+class SendReport:
+    channel: str
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    duplicates: int = 0
+    calls: int = 0
+    batches: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    note: str = ""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _ready(batch: Batch, channel: str) -> bool:
+    if batch.status != "imported":
+        return False
+    return channel == "sms" or batch.import_status in EMAIL_READY or batch.import_status == "Error"
+
+
+def _attributes(ctx: Context, n: Notification) -> dict[str, str]:
+    attrs = {k: "" if v is None else str(v) for k, v in n.attributes.items()}
+    if n.channel == "email" and n.from_name is not None:
+        attrs[ctx.settings.section("email")["from_name_attribute"]] = n.from_name
+    return attrs
+
+
+def _recipient(ctx: Context, n: Notification) -> rest.Recipient:
+    assert n.message_key and n.subscriber_key and n.address
+    return rest.Recipient(n.message_key, n.subscriber_key, n.address, _attributes(ctx, n))
+
+
+def _outcome(n: Notification, verdict: rest.Verdict) -> Outcome:
+    if verdict.accepted:
+        reason = "messageKey already used: MC accepted it earlier" if verdict.duplicate else None
+        return Outcome(n.seq, SENT, verdict.code, reason)
+    return Outcome(n.seq, FAILED, verdict.code, verdict.message or "refused by MC")
+
+
+def _tally(report: SendReport, outcomes: Sequence[Outcome]) -> None:
+    for o in outcomes:
+        if o.status == SENT:
+            report.sent += 1
+            report.duplicates += o.error_code == rest.DUPLICATE_MESSAGE_KEY
+        elif o.status == FAILED:
+            report.failed += 1
+        elif o.status == UNKNOWN:
+            report.unknown += 1
+
+
+def _chunks(rows: Sequence[Notification], size: int) -> Iterator[list[Notification]]:
+    by_template: dict[str, list[Notification]] = {}
+    for n in rows:
+        by_template.setdefault(n.template, []).append(n)
+    for group in by_template.values():
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
+
+
+def _run_pool(
+    ctx: Context,
+    report: SendReport,
+    jobs: Iterator[tuple[Callable[[], list[Outcome]], int]],
+    concurrency: int,
+) -> None:
+    """Run jobs, at most `concurrency` in flight; record each result as it lands. On a fatal error, let the
+    in-flight ones finish and be recorded, then re-raise."""
+    failure: BaseException | None = None
+    with cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mcnotify-send") as pool:
+        in_flight: set[cf.Future[list[Outcome]]] = set()
+        job_iter = iter(jobs)
+        while True:
+            while failure is None and len(in_flight) < concurrency * 2:
+                nxt = next(job_iter, None)
+                if nxt is None:
+                    break
+                in_flight.add(pool.submit(nxt[0]))
+            if not in_flight:
+                break
+            done, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    outcomes = fut.result()
+                except BaseException as exc:
+                    failure = failure or exc
+                    continue
+                with ctx.store.transaction():
+                    ctx.store.record(outcomes)
+                report.calls += 1
+                _tally(report, outcomes)
+            ctx.progress(f"send-{report.channel}: {report.sent} sent, {report.failed} failed")
+    if failure is not None:
+        raise failure
+
+
+def _send_transactional(ctx: Context, report: SendReport, rows: list[Notification], channel: str) -> None:
+    section = ctx.settings.section(channel)
+    client = ctx.mc()
+
+    def job(chunk: list[Notification]) -> Callable[[], list[Outcome]]:
+        definition_key = ctx.settings.templates[chunk[0].template].definition_key
+
+        def call() -> list[Outcome]:
+            verdicts = rest.send_transactional(client, channel, definition_key, [_recipient(ctx, n) for n in chunk])
+            return [_outcome(n, verdicts[n.message_key or ""]) for n in chunk]
+
+        return call
+
+    jobs = ((job(chunk), len(chunk)) for chunk in _chunks(rows, int(section["batch_size"])))
+    _run_pool(ctx, report, jobs, int(section["concurrency"]))
+
+
+def _send_triggered(ctx: Context, report: SendReport, rows: list[Notification]) -> None:
+    section = ctx.settings.section("email")
+    client = ctx.mc()
+    # A 'sending' row survived a crash mid-request: MC may have sent it. Never send it again.
+    stale = [
+        Outcome(n.seq, UNKNOWN, None, "interrupted during a triggered send; not resent to avoid a duplicate")
+        for n in rows
+        if n.status == SENDING
+    ]
+    if stale:
+        with ctx.store.transaction():
+            ctx.store.record(stale)
+        _tally(report, stale)
+    fresh = [n for n in rows if n.status == PENDING]
+    wave = int(section["concurrency"])
+
+    def job(n: Notification) -> Callable[[], list[Outcome]]:
+        key = ctx.settings.templates[n.template].definition_key
+
+        def call() -> list[Outcome]:
+            try:
+                verdict = rest.send_triggered(client, key, _recipient(ctx, n), n.from_name, section["from_address"])
+            except OutcomeUnknown as exc:
+                return [Outcome(n.seq, UNKNOWN, None, f"reply lost ({exc}); not resent to avoid a duplicate")]
+            return [_outcome(n, verdict)]
+
+        return call
+
+    for start in range(0, len(fresh), wave):
+        group = fresh[start : start + wave]
+        with ctx.store.transaction():
+            ctx.store.mark([n.seq for n in group], SENDING)
+        try:
+            _run_pool(ctx, report, ((job(n), 1) for n in group), wave)
+        except McnotifyError:
+            # These never reached MC (the client only gives up on requests that are safe to repeat).
+            with ctx.store.transaction():
+                ctx.store.conn.executemany(
+                    "UPDATE notifications SET status = 'pending' WHERE seq = ? AND status = 'sending'",
+                    [(n.seq,) for n in group],
+                )
+            raise
+
+
+def _sample(ctx: Context, n: Notification) -> dict[str, Any]:
+    template = ctx.settings.templates[n.template]
+    return {
+        "batch": n.batch_id,
+        "notification_id": n.notification_id,
+        "template": n.template,
+        "definition_key": template.definition_key,
+        "to": mask_contact(n.channel, n.address),
+        "from_name": n.from_name or "",
+        "message_key": n.message_key or "",
+    }
+
+
+def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
+    store, report = ctx.store, SendReport(channel)
+    step = f"send-{channel}"
+    waiting = [b.id for b in store.batches("claiming", "claimed", "uploaded", "importing")]
+    report.waiting = waiting
+    for batch in store.batches("imported"):
+        if not _ready(batch, channel):
+            continue
+        rows = store.work(batch.id, channel, [PENDING, SENDING])
+        if channel == "email" and batch.import_status == "Error" and rows:
+            if dry_run:
+                report.note = f"batch {batch.id}: import failed, its emails would be marked failed"
+                continue
+            with store.transaction():
+                report.failed += store.fail_channel(batch.id, channel, "MC import of the subscriber file failed")
+                store.step_finished(batch.id, step, "failed", "import failed")
+            rows = []
+        if dry_run:
+            if rows:
+                report.batches.append(batch.id)
+            report.sent += len(rows)  # "would send"
+            report.samples += [_sample(ctx, n) for n in rows[: max(0, 5 - len(report.samples))]]
+            continue
+        if rows:
+            report.batches.append(batch.id)
+            with store.transaction():
+                store.step_started(batch.id, step)
+            ctx.progress(f"{step}: batch {batch.id}: {len(rows)} to send")
+            before = (report.sent, report.failed, report.unknown)
+            api = ctx.settings.section(channel)["api"]
+            if api == "triggered-send":
+                _send_triggered(ctx, report, rows)
+            else:
+                _send_transactional(ctx, report, rows, channel)
+            sent, failed, unknown = (
+                a - b for a, b in zip((report.sent, report.failed, report.unknown), before, strict=True)
+            )
+            with store.transaction():
+                store.step_finished(batch.id, step, "done", f"{sent} sent, {failed} failed, {unknown} unknown")
+        if store.open_work(batch.id) == 0:
+            with store.transaction():
+                store.update_batch(batch.id, status="done")
+    if not report.batches and not report.note:
+        report.note = "nothing to send" + (
+            f" (batch {', '.join(map(str, waiting))} not imported yet)" if waiting else ""
+        )
+    return report

@@ -1,0 +1,369 @@
+"""sync: claim new source rows into a batch, validate contacts, upload the subscriber CSV, start MC's import.
+
+Resumable at every stage: a batch records how far it got (claiming -> claimed -> uploaded -> importing).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import decimal
+import hashlib
+import io
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcnotify.config import Settings
+from mcnotify.contacts import normalise_phone, validate_email
+from mcnotify.errors import ConfigError
+from mcnotify.mc import sftp, soap
+from mcnotify.redact import mask_contact
+from mcnotify.source import REQUIRED_COLUMNS, Source, open_source
+from mcnotify.state.store import INVALID, PENDING, NewNotification
+from mcnotify.steps import Context
+
+WATERMARK = "source.watermark"
+CSV_HEADER = ("SubscriberKey", "EmailAddress")
+MAX_SUBSCRIBER_KEY = 254
+CHUNK = 2000
+_PLAIN_ID = re.compile(r"^[0-9]{1,60}$")
+
+
+@dataclass
+class SyncReport:
+    batch_id: int | None = None
+    new_rows: int = 0
+    invalid: int = 0
+    conflicts: int = 0
+    csv_rows: int = 0
+    remote_path: str | None = None
+    task_id: str | None = None
+    note: str = ""
+    invalid_reasons: dict[str, int] = field(default_factory=dict)
+    sample_csv: list[tuple[str, str]] = field(default_factory=list)
+    sample_sends: list[dict[str, str]] = field(default_factory=list)
+    blocked: bool = False
+
+
+def message_key(prefix: str, channel: str, notification_id: str) -> str:
+    """Stable, unique per (prefix, channel, id), at most 100 characters: MC's idempotency key."""
+    if _PLAIN_ID.match(notification_id):
+        return f"{prefix}-{channel}-{notification_id}"
+    digest = hashlib.sha256(notification_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return f"{prefix}-{channel}-h{digest}"
+
+
+def _plain(value: Any) -> Any:
+    """Source values as JSON-safe scalars, unchanged where they already are."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return str(value)
+
+
+def render_from_name(fmt: str | None, attributes: Mapping[str, Any], template: str) -> str | None:
+    if not fmt:
+        return None
+    values = {k: "" if v is None else v for k, v in attributes.items()}
+    try:
+        return fmt.format_map(values)
+    except KeyError as exc:
+        raise ConfigError(
+            f"[templates.{template}] from_name uses {{{exc.args[0]}}} but the source query returns no such column"
+        ) from None
+
+
+def classify(settings: Settings, row: Mapping[str, Any]) -> NewNotification:
+    """One source row -> a notification that is pending, or invalid with its reason."""
+    nid = str(_plain(row["notification_id"]))
+    template_name = str(_plain(row["template"]) or "")
+    attributes = {k: _plain(v) for k, v in row.items() if k not in REQUIRED_COLUMNS}
+    template = settings.templates.get(template_name)
+    raw_key = row["subscriber_key"]
+    key = None if raw_key is None else str(_plain(raw_key)).strip()
+    channel = template.channel if template else None
+    raw_contact = row["phone"] if channel == "sms" else row["email"]
+    raw_text = None if raw_contact is None else str(_plain(raw_contact))
+
+    def invalid(reason: str) -> NewNotification:
+        return NewNotification(
+            nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None
+        )
+
+    if template is None:
+        return invalid(f"unknown template {template_name!r}")
+    if not key:
+        return invalid("subscriber key missing")
+    if len(key) > MAX_SUBSCRIBER_KEY:
+        return invalid(f"subscriber key longer than {MAX_SUBSCRIBER_KEY} characters")
+    if "\x00" in key:
+        return invalid("subscriber key contains a NUL byte")
+    if template.channel == "email":
+        address, problem = validate_email(raw_contact)
+    else:
+        address, problem = normalise_phone(raw_contact, settings.section("sms")["default_region"])
+    if problem:
+        return invalid(problem)
+    from_name = render_from_name(template.from_name, attributes, template_name)
+    mkey = message_key(settings.section("email")["message_key_prefix"], template.channel, nid)
+    return NewNotification(
+        nid,
+        template_name,
+        template.channel,
+        key,
+        address,
+        raw_text,
+        attributes,
+        from_name,
+        PENDING,
+        None,
+        mkey,
+    )
+
+
+def _start_after(ctx: Context) -> Any:
+    watermark = ctx.store.get_meta(WATERMARK)
+    if watermark is None:
+        return 0
+    overlap = ctx.settings.section("source")["overlap"]
+    # Rows that commit late with a lower id are caught by re-reading below the watermark.
+    if isinstance(watermark, int | float) and not isinstance(watermark, bool):
+        return watermark - overlap
+    return watermark
+
+
+def _pages(source: Source, after: Any, limit: int, cursor_column: str) -> Iterator[dict[str, Any]]:
+    """Every row after `after`, fetched in pages of `limit`, each page continuing from the last cursor."""
+    while True:
+        count = 0
+        last = after
+        for row in source.rows(after, limit):
+            count += 1
+            if cursor_column not in row:
+                raise ConfigError(f"[source] cursor_column {cursor_column!r} is not a column of the query")
+            last = row[cursor_column]
+            yield row
+        if count < limit or last == after:
+            return
+        after = last
+
+
+def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _new_rows(ctx: Context, source: Source) -> Iterator[tuple[list[NewNotification], Any]]:
+    """Chunks of not-yet-claimed notifications with the highest cursor seen in each, up to batch_limit."""
+    src = ctx.settings.section("source")
+    limit, cursor_column = src["batch_limit"], src["cursor_column"]
+    wanted = limit
+    seen_in_run: set[str] = set()
+    for chunk in _chunks(_pages(source, _start_after(ctx), limit, cursor_column), CHUNK):
+        ids = [str(_plain(r["notification_id"])) for r in chunk]
+        known = ctx.store.known_ids(ids) | seen_in_run
+        fresh: list[NewNotification] = []
+        top = None
+        for row, nid in zip(chunk, ids, strict=True):
+            cursor = row[cursor_column]
+            top = cursor if top is None or cursor > top else top
+            if nid in known or row["notification_id"] is None:
+                continue
+            known.add(nid)
+            fresh.append(classify(ctx.settings, row))
+            if len(fresh) >= wanted:
+                break
+        seen_in_run.update(n.notification_id for n in fresh)
+        wanted -= len(fresh)
+        yield fresh, top
+        if wanted <= 0:
+            return
+
+
+def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None:
+    store = ctx.store
+    source = open_source(ctx.settings.section("source"))
+    try:
+        for fresh, top in _new_rows(ctx, source):
+            with store.transaction():
+                if fresh and batch_id is None:
+                    batch_id = store.create_batch()
+                    store.step_started(batch_id, "sync")
+                if fresh:
+                    assert batch_id is not None
+                    store.add_notifications(batch_id, fresh)
+                    bad = sum(1 for n in fresh if n.status == INVALID)
+                    store.conn.execute(
+                        "UPDATE batches SET rows = rows + ?, invalid = invalid + ? WHERE id = ?",
+                        (len(fresh), bad, batch_id),
+                    )
+                    report.new_rows += len(fresh)
+                    report.invalid += bad
+                old = store.get_meta(WATERMARK)
+                if top is not None and (old is None or top > old):
+                    store.set_meta(WATERMARK, _plain(top))
+            if fresh:
+                ctx.progress(f"sync: claimed {report.new_rows} notifications into batch {batch_id}")
+    finally:
+        source.close()
+    return batch_id
+
+
+def _resolve_conflicts(ctx: Context, batch_id: int) -> tuple[dict[str, str], int]:
+    """One email per subscriber key: the newest wins, older notifications follow it."""
+    newest: dict[str, tuple[int, str]] = {}
+    seqs: dict[str, list[tuple[int, str]]] = {}
+    for seq, key, email in ctx.store.subscriber_rows(batch_id):
+        newest[key] = (seq, email)
+        seqs.setdefault(key, []).append((seq, email))
+    conflicts = 0
+    with ctx.store.transaction():
+        for key, entries in seqs.items():
+            winner = newest[key][1]
+            losers = [s for s, e in entries if e != winner]
+            if losers:
+                conflicts += 1
+                ctx.store.set_address(losers, winner)
+        ctx.store.update_batch(batch_id, conflicts=conflicts, status="claimed")
+    return {k: v[1] for k, v in newest.items()}, conflicts
+
+
+def write_csv(rows: Iterable[tuple[str, str]], out: io.TextIOBase | Any) -> int:
+    writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(CSV_HEADER)
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def _upload(ctx: Context, batch_id: int, subscribers: Mapping[str, str], report: SyncReport) -> None:
+    store, sftp_section = ctx.store, ctx.settings.section("sftp")
+    if not subscribers:
+        with store.transaction():
+            store.update_batch(
+                batch_id, status="imported", csv_rows=0, import_status="skipped", import_done_at=time.time()
+            )
+            store.step_finished(batch_id, "sync", "done", "nothing to upload")
+            store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
+        report.note = "nothing to upload"
+        return
+    fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            report.csv_rows = write_csv(sorted(subscribers.items()), out)
+        ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section['host']}")
+        remote = sftp.upload(sftp_section, Path(tmp), sftp_section["file_name"])
+    finally:
+        os.unlink(tmp)
+    report.remote_path = remote
+    with store.transaction():
+        store.update_batch(
+            batch_id, status="uploaded", remote_path=remote, uploaded_at=time.time(), csv_rows=report.csv_rows
+        )
+
+
+def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
+    imp = ctx.settings.section("import")
+    task_id = None
+    if imp["mode"] == "import-definition":
+        task_id = soap.start_import(ctx.mc(), imp["definition_key"])
+        ctx.progress(f"sync: started import {imp['definition_key']!r}, task {task_id}")
+    with ctx.store.transaction():
+        ctx.store.update_batch(
+            batch_id,
+            status="importing",
+            import_task_id=task_id,
+            import_status="New" if task_id else "waiting",
+        )
+        ctx.store.step_finished(batch_id, "sync", "done", f"{report.csv_rows or 'all'} subscribers uploaded")
+    report.task_id = task_id
+
+
+def run(ctx: Context, dry_run: bool = False) -> SyncReport:
+    if dry_run:
+        return preview(ctx)
+    store, report = ctx.store, SyncReport()
+    unfinished = store.batches("claiming", "claimed", "uploaded")
+    if not unfinished and store.batches("importing"):
+        # The Import file has one name: a new upload would replace the one MC has not read yet.
+        report.blocked = True
+        report.note = "a previous import is still pending; new rows wait for the next run"
+        return report
+    batch = unfinished[0] if unfinished else None
+    batch_id = batch.id if batch else None
+    if batch is None or batch.status == "claiming":
+        batch_id = _claim(ctx, batch_id, report)
+        if batch_id is None:
+            report.note = "nothing new in the source"
+            return report
+    assert batch_id is not None
+    report.batch_id = batch_id
+    batch = store.batch(batch_id)
+    assert batch is not None
+    if batch.status == "claiming":
+        subscribers, report.conflicts = _resolve_conflicts(ctx, batch_id)
+        report.csv_rows = len(subscribers)
+        _upload(ctx, batch_id, subscribers, report)
+    elif batch.status == "claimed":
+        subscribers = {k: e for _, k, e in store.subscriber_rows(batch_id)}
+        _upload(ctx, batch_id, subscribers, report)
+    batch = store.batch(batch_id)
+    assert batch is not None
+    if batch.status == "uploaded":
+        _start_import(ctx, batch_id, report)
+    return report
+
+
+def preview(ctx: Context) -> SyncReport:
+    """What sync would claim, upload and later send; reads the source and writes nothing."""
+    report = SyncReport()
+    source = open_source(ctx.settings.section("source"))
+    subscribers: dict[str, str] = {}
+    try:
+        for fresh, _ in _new_rows(ctx, source):
+            for n in fresh:
+                report.new_rows += 1
+                if n.status == INVALID:
+                    report.invalid += 1
+                    reason = n.reason or "?"
+                    report.invalid_reasons[reason] = report.invalid_reasons.get(reason, 0) + 1
+                    continue
+                if n.channel == "email" and n.subscriber_key and n.address:
+                    if subscribers.get(n.subscriber_key, n.address) != n.address:
+                        report.conflicts += 1
+                    subscribers[n.subscriber_key] = n.address
+                if len(report.sample_sends) < 5:
+                    report.sample_sends.append(
+                        {
+                            "notification_id": n.notification_id,
+                            "template": n.template,
+                            "channel": n.channel or "",
+                            "to": mask_contact(n.channel, n.address),
+                            "from_name": n.from_name or "",
+                            "message_key": n.message_key or "",
+                        }
+                    )
+    finally:
+        source.close()
+    report.csv_rows = len(subscribers)
+    report.sample_csv = [(k, mask_contact("email", e)) for k, e in list(subscribers.items())[:5]]
+    return report
