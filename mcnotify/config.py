@@ -216,8 +216,7 @@ def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         for sec in sections:
             if rest.startswith(sec + "_"):
                 key = rest[len(sec) + 1 :]
-                base = key[: -len("_file")] if key.endswith("_file") else key
-                if base in SCHEMA[sec]:
+                if key in SCHEMA[sec] or (key.endswith("_file") and key[: -len("_file")] in SCHEMA[sec]):
                     raw.setdefault(sec, {})[key] = value
                 break
 
@@ -227,7 +226,7 @@ def _build_section(sec: str, schema: Mapping[str, Key], given: Mapping[str, Any]
         raise ConfigError(f"{label} must be a table")
     out: dict[str, Any] = {}
     for key in given:
-        base = key[: -len("_file")] if key.endswith("_file") else key
+        base = key[: -len("_file")] if key.endswith("_file") and key not in schema else key
         if base not in schema:
             hint = difflib.get_close_matches(key, list(schema), n=1)
             extra = f" (did you mean '{hint[0]}'?)" if hint else ""

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcnotify.sandbox import Sandbox
+from mcnotify.sandbox.model import SandboxSettings
+from tests import services
+from tests.helpers import QUERY, TEMPLATES, dump_toml
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"!!! {what} unavailable, integration tests SKIPPED: {exc}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[services.MariaDB]:
+    try:
+        db = services.start_mariadb()
+    except (FileNotFoundError, PermissionError) as exc:
+        _unavailable("MariaDB", exc)
+    yield db
+    db.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[services.Sshd]:
+    try:
+        server = services.start_sshd()
+    except (FileNotFoundError, PermissionError) as exc:
+        _unavailable("OpenSSH sshd", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app_db(mariadb: services.MariaDB) -> Callable[[list[tuple[Any, ...]]], None]:
+    """A fresh `notifications` table; returns an insert function."""
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS notifications")
+        cur.execute(
+            "CREATE TABLE notifications (notification_id BIGINT PRIMARY KEY, template VARCHAR(64),"
+            " subscriber_key VARCHAR(300), email VARCHAR(400), phone VARCHAR(64), sender_name TEXT,"
+            " receiver_name TEXT, amount INT) CHARACTER SET utf8mb4"
+        )
+
+    def insert(rows: list[tuple[Any, ...]]) -> None:
+        with mariadb.connect() as conn, conn.cursor() as cur:
+            cur.executemany("INSERT INTO notifications VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+
+    return insert
+
+
+@dataclass
+class Env:
+    """Everything one integration test needs: MariaDB source, sshd SFTP, sandbox MC, and a config file."""
+
+    tmp: Path
+    sandbox: Sandbox
+    sshd: services.Sshd
+    mariadb: services.MariaDB
+    config: Path
+    values: dict[str, Any]
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.values["state"]["path"])
+
+    @property
+    def import_dir(self) -> Path:
+        return self.sshd.root / "Import"
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return list(self.sandbox.account.snapshot()["accepted"])
+
+    def write(self, **sections: dict[str, Any]) -> Path:
+        for name, body in sections.items():
+            self.values.setdefault(name, {}).update(body)
+        self.config.write_text(dump_toml(self.values))
+        return self.config
+
+
+@pytest.fixture
+def sandbox_settings() -> SandboxSettings:
+    return SandboxSettings(client_secret="mc-Secret-0123456789", import_lag=0.4)
+
+
+@pytest.fixture
+def env(tmp_path: Path, sshd: services.Sshd, mariadb: services.MariaDB, app_db: Any,
+        sandbox_settings: SandboxSettings) -> Iterator[Env]:
+    for leftover in sshd.root.joinpath("Import").iterdir():
+        leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
+    box = Sandbox(tmp_path / "mc", sandbox_settings, builtin_sftp=False, sftp_root=sshd.root).start()
+    values: dict[str, Any] = {
+        "state": {"path": str(tmp_path / "state" / "state.db")},
+        "source": {"url": mariadb.url, "query": QUERY, "batch_limit": 50000},
+        "marketing_cloud": {"auth_url": box.url, "client_id": sandbox_settings.client_id,
+                            "client_secret": sandbox_settings.client_secret, "timeout": 5.0, "backoff_max": 0.5},
+        "sftp": {"host": "127.0.0.1", "port": sshd.port, "username": sshd.user, "key_file": str(sshd.client_key),
+                 "known_hosts": str(sshd.known_hosts), "remote_dir": "/Import", "timeout": 10.0},
+        "import": {"mode": "import-definition", "definition_key": "mcnotify-subscribers", "poll_interval": 0.1,
+                   "timeout": 30.0},
+        "email": {"api": "transactional", "batch_size": 50, "concurrency": 4},
+        "sms": {"default_region": "TW"},
+        "templates": dict(TEMPLATES),
+    }
+    e = Env(tmp_path, box, sshd, mariadb, tmp_path / "config.toml", values)
+    e.write()
+    yield e
+    box.stop()
