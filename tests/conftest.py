@@ -97,20 +97,37 @@ def sandbox_settings() -> SandboxSettings:
 
 
 @pytest.fixture
-def env(tmp_path: Path, sshd: services.Sshd, mariadb: services.MariaDB, app_db: Any,
-        sandbox_settings: SandboxSettings) -> Iterator[Env]:
+def env(
+    tmp_path: Path, sshd: services.Sshd, mariadb: services.MariaDB, app_db: Any, sandbox_settings: SandboxSettings
+) -> Iterator[Env]:
     for leftover in sshd.root.joinpath("Import").iterdir():
         leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
     box = Sandbox(tmp_path / "mc", sandbox_settings, builtin_sftp=False, sftp_root=sshd.root).start()
     values: dict[str, Any] = {
         "state": {"path": str(tmp_path / "state" / "state.db")},
         "source": {"url": mariadb.url, "query": QUERY, "batch_limit": 50000},
-        "marketing_cloud": {"auth_url": box.url, "client_id": sandbox_settings.client_id,
-                            "client_secret": sandbox_settings.client_secret, "timeout": 5.0, "backoff_max": 0.5},
-        "sftp": {"host": "127.0.0.1", "port": sshd.port, "username": sshd.user, "key_file": str(sshd.client_key),
-                 "known_hosts": str(sshd.known_hosts), "remote_dir": "/Import", "timeout": 10.0},
-        "import": {"mode": "import-definition", "definition_key": "mcnotify-subscribers", "poll_interval": 0.1,
-                   "timeout": 30.0},
+        "marketing_cloud": {
+            "auth_url": box.url,
+            "client_id": sandbox_settings.client_id,
+            "client_secret": sandbox_settings.client_secret,
+            "timeout": 5.0,
+            "backoff_max": 0.5,
+        },
+        "sftp": {
+            "host": "127.0.0.1",
+            "port": sshd.port,
+            "username": sshd.user,
+            "key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts),
+            "remote_dir": "/Import",
+            "timeout": 10.0,
+        },
+        "import": {
+            "mode": "import-definition",
+            "definition_key": "mcnotify-subscribers",
+            "poll_interval": 0.1,
+            "timeout": 30.0,
+        },
         "email": {"api": "transactional", "batch_size": 50, "concurrency": 4},
         "sms": {"default_region": "TW"},
         "templates": dict(TEMPLATES),

@@ -16,8 +16,11 @@ QUERY = (
 )
 
 TEMPLATES = {
-    "envelope-received": {"channel": "email", "definition_key": "red-envelope-received",
-                          "from_name": "{sender_name} via EZTABLE"},
+    "envelope-received": {
+        "channel": "email",
+        "definition_key": "red-envelope-received",
+        "from_name": "{sender_name} via EZTABLE",
+    },
     "envelope-sent": {"channel": "email", "definition_key": "red-envelope-sent", "from_name": "EZTABLE"},
     "envelope-received-sms": {"channel": "sms", "definition_key": "red-envelope-sms"},
 }
@@ -67,8 +70,7 @@ def event_rows(start_id: int, events: list[tuple[str, str, str, str, str, str]])
 
 def people(n: int, offset: int = 0) -> list[tuple[str, str, str, str, str, str]]:
     return [
-        (f"m-{i}", f"Sender{i}", f"sender{i}@example.com", f"m-{i + 5000}", f"Receiver{i}",
-         f"receiver{i}@example.com")
+        (f"m-{i}", f"Sender{i}", f"sender{i}@example.com", f"m-{i + 5000}", f"Receiver{i}", f"receiver{i}@example.com")
         for i in range(offset, offset + n)
     ]
 

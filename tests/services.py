@@ -61,8 +61,15 @@ class MariaDB:
         return pymysql.connect(unix_socket=self.socket_path, user="root", autocommit=True)
 
     def connect(self) -> pymysql.connections.Connection:
-        return pymysql.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
-                               database=self.database, autocommit=True, charset="utf8mb4")
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=self.database,
+            autocommit=True,
+            charset="utf8mb4",
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -81,16 +88,35 @@ def start_mariadb() -> MariaDB:
     datadir, sock, log = base / "data", str(base / "s.sock"), base / "err.log"
     as_root = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run(
-        [install, "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
-         "--skip-test-db", *as_root],
-        check=True, capture_output=True,
+        [
+            install,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *as_root,
+        ],
+        check=True,
+        capture_output=True,
     )
     port = free_port()
     proc = subprocess.Popen(
-        [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
-         "--bind-address=127.0.0.1", "--skip-name-resolve", f"--log-error={log}", f"--pid-file={base}/d.pid",
-         "--innodb-buffer-pool-size=64M", "--skip-log-bin", *as_root],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            mariadbd,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            f"--log-error={log}",
+            f"--pid-file={base}/d.pid",
+            "--innodb-buffer-pool-size=64M",
+            "--skip-log-bin",
+            *as_root,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     db = MariaDB(proc, port, sock, base)
 
@@ -156,8 +182,7 @@ def start_sshd() -> Sshd:
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = base / "sshd.log"
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=log.open("wb"))
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     host_pub = (base / "host.pub").read_text().split()
     known_hosts = base / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")

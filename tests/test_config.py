@@ -14,10 +14,17 @@ def base() -> dict[str, Any]:
     return {
         "state": {"path": "/tmp/x/state.db"},
         "source": {"url": "mysql://app:db-secret-pw@db.internal:3306/app", "query": QUERY},
-        "marketing_cloud": {"auth_url": "https://mcabc.auth.marketingcloudapis.com/", "client_id": "cid",
-                            "client_secret": "top-secret-value"},
-        "sftp": {"host": "mcabc.ftp.marketingcloudops.com", "username": "u", "password": "sftp-secret-pw",
-                 "known_hosts": "/etc/mcnotify/known_hosts"},
+        "marketing_cloud": {
+            "auth_url": "https://mcabc.auth.marketingcloudapis.com/",
+            "client_id": "cid",
+            "client_secret": "top-secret-value",
+        },
+        "sftp": {
+            "host": "mcabc.ftp.marketingcloudops.com",
+            "username": "u",
+            "password": "sftp-secret-pw",
+            "known_hosts": "/etc/mcnotify/known_hosts",
+        },
         "import": {"definition_key": "subs"},
         "templates": dict(TEMPLATES),
     }
@@ -34,8 +41,13 @@ def test_defaults_and_types() -> None:
 def test_environment_overrides_and_secret_files(tmp_path: Path) -> None:
     secret = tmp_path / "client_secret"
     secret.write_text("from-a-file\n")
-    env = {"MCNOTIFY_MARKETING_CLOUD_CLIENT_SECRET_FILE": str(secret), "MCNOTIFY_EMAIL_BATCH_SIZE": "100",
-           "MCNOTIFY_SFTP_PORT": "2222", "MCNOTIFY_STATE_PATH": "/srv/state.db", "MCNOTIFY_UNRELATED": "x"}
+    env = {
+        "MCNOTIFY_MARKETING_CLOUD_CLIENT_SECRET_FILE": str(secret),
+        "MCNOTIFY_EMAIL_BATCH_SIZE": "100",
+        "MCNOTIFY_SFTP_PORT": "2222",
+        "MCNOTIFY_STATE_PATH": "/srv/state.db",
+        "MCNOTIFY_UNRELATED": "x",
+    }
     s = parse(base(), environ=env)
     assert s.section("marketing_cloud")["client_secret"] == "from-a-file"
     assert s.section("email")["batch_size"] == 100 and s.section("sftp")["port"] == 2222

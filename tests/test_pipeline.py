@@ -37,8 +37,9 @@ def test_run_all_delivers_everything_once_and_quarantines_bad_contacts(env: Env,
     accepted = env.accepted()
     assert len(accepted) == 60 and max(keys(accepted).values()) == 1
     emails = [m for m in accepted if m["channel"] == "email"]
-    assert {m["attributes"]["SenderDisplayName"] for m in emails if m["definitionKey"] == "red-envelope-received"} \
-        == {f"Sender{i} via EZTABLE" for i in range(20)}
+    assert {m["attributes"]["SenderDisplayName"] for m in emails if m["definitionKey"] == "red-envelope-received"} == {
+        f"Sender{i} via EZTABLE" for i in range(20)
+    }
     sms = [m for m in accepted if m["channel"] == "sms"]
     assert len(sms) == 20 and all(m["to"].startswith("8869") for m in sms)
 
@@ -134,7 +135,7 @@ def test_reused_message_key_counts_as_already_sent(env: Env, app_db: Any) -> Non
 
 
 def test_dry_run_writes_nothing(env: Env, app_db: Any) -> None:
-    app_db(event_rows(1, people(3)) + [(50, "envelope-received", "m-x", "bad@@x.com", "", "Luffy", "X", 1)])
+    app_db([*event_rows(1, people(3)), (50, "envelope-received", "m-x", "bad@@x.com", "", "Luffy", "X", 1)])
     result = run_cli(env.config, "run-all", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "Sender0 via EZTABLE" in result.output and "would upload 6 subscribers" in result.output
@@ -158,8 +159,10 @@ def test_dry_run_writes_nothing(env: Env, app_db: Any) -> None:
 def test_host_key_mismatch_is_refused(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(2)))
     other = env.tmp / "other_known_hosts"
-    other.write_text(f"[127.0.0.1]:{env.sshd.port} ssh-ed25519 "
-                     "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    other.write_text(
+        f"[127.0.0.1]:{env.sshd.port} ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    )
     env.write(sftp={"known_hosts": str(other)})
     result = run_cli(env.config, "run-all")
     assert result.exit_code == 1
@@ -207,10 +210,12 @@ def test_late_committed_rows_below_the_watermark_are_not_lost(env: Env, app_db: 
 
 
 def test_subscriber_with_two_emails_newest_wins(env: Env, app_db: Any) -> None:
-    app_db([
-        (1, "envelope-received", "m-7", "old@example.com", "0912345678", "Luffy", "Nami", 1),
-        (2, "envelope-received", "m-7", "new@example.com", "0912345678", "Zoro", "Nami", 1),
-    ])
+    app_db(
+        [
+            (1, "envelope-received", "m-7", "old@example.com", "0912345678", "Luffy", "Nami", 1),
+            (2, "envelope-received", "m-7", "new@example.com", "0912345678", "Zoro", "Nami", 1),
+        ]
+    )
     result = run_cli(env.config, "run-all")
     assert result.exit_code == 0 and "1 key conflicts" in result.output
     assert [m["to"] for m in env.accepted()] == ["new@example.com", "new@example.com"]
@@ -238,8 +243,12 @@ def test_triggered_send_sets_from_name(env: Env, app_db: Any) -> None:
     env.write(email={"api": "triggered-send"})
     assert run_cli(env.config, "run-all").exit_code == 0
     triggered = [m for m in env.accepted() if m["api"] == "triggered-send"]
-    assert sorted(m["fromName"] for m in triggered) == ["EZTABLE", "EZTABLE", "Sender0 via EZTABLE",
-                                                       "Sender1 via EZTABLE"]
+    assert sorted(m["fromName"] for m in triggered) == [
+        "EZTABLE",
+        "EZTABLE",
+        "Sender0 via EZTABLE",
+        "Sender1 via EZTABLE",
+    ]
 
 
 def test_mysql_wrong_password_is_one_line_and_loses_nothing(env: Env, app_db: Any) -> None:
