@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mcnotify.config import check_https_url
-from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable
+from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
 from mcnotify.state.store import Token
 
 
@@ -119,36 +120,45 @@ class TokenProvider:
         if s["scope"]:
             body["scope"] = s["scope"]
         host = urlsplit(url).netloc
-        last = ""
-        for attempt in range(int(s["max_attempts"])):
-            if attempt:
-                time.sleep(min(2.0**attempt, float(s["backoff_max"])))
+
+        @retry(
+            retry=retry_if_exception_type(TransientMcError),
+            stop=stop_after_attempt(int(s["max_attempts"])),
+            wait=wait_exponential(multiplier=1, max=float(s["backoff_max"])),
+            reraise=True,
+        )
+        def post() -> requests.Response:
             self.requests_made += 1
             try:
                 with self._session_factory() as session:
                     resp = session.post(url, json=body, timeout=float(s["timeout"]))
             except requests.RequestException as exc:
-                last = f"MC auth {host} unreachable: {type(exc).__name__}"
-                continue
+                raise TransientMcError(f"MC auth {host} unreachable: {type(exc).__name__}") from None
             if resp.status_code == 429 or resp.status_code >= 500:
-                last = f"MC auth {host} answered HTTP {resp.status_code}"
-                continue
-            try:
-                data = resp.json()
-            except ValueError:
-                raise McApiError(
-                    f"MC auth {host} answered HTTP {resp.status_code} with no JSON", resp.status_code
-                ) from None
-            if resp.status_code in (400, 401, 403):
-                why = data.get("error_description") or data.get("error") or data.get("message") or "refused"
-                raise ConfigError(f"MC refused the client credentials (HTTP {resp.status_code}): {why}")
-            if resp.status_code != 200 or "access_token" not in data:
-                raise McApiError(f"MC auth answered HTTP {resp.status_code} without a token", resp.status_code)
-            rest_url = normalise_base_url(data.get("rest_instance_url") or "")
-            soap_url = normalise_base_url(data.get("soap_instance_url") or "")
-            for name, value in (("rest_instance_url", rest_url), ("soap_instance_url", soap_url)):
-                if check_https_url(value):
-                    raise McApiError(f"MC token response has an unsafe {name} (https required): {value}")
-            now = self._clock()
-            return Token(data["access_token"], rest_url, soap_url, now, now + float(data.get("expires_in", 1080)))
-        raise ServiceUnavailable(f"{last} after {s['max_attempts']} attempts")
+                raise TransientMcError(f"MC auth {host} answered HTTP {resp.status_code}", resp.status_code)
+            return resp
+
+        try:
+            resp = post()
+        except TransientMcError as exc:
+            raise ServiceUnavailable(f"{exc} after {s['max_attempts']} attempts") from None
+        try:
+            data = resp.json()
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            raise McApiError(
+                f"MC auth {host} answered HTTP {resp.status_code} with no JSON", resp.status_code
+            ) from None
+        if resp.status_code in (400, 401, 403):
+            why = data.get("error_description") or data.get("error") or data.get("message") or "refused"
+            raise ConfigError(f"MC refused the client credentials (HTTP {resp.status_code}): {why}")
+        if resp.status_code != 200 or "access_token" not in data:
+            raise McApiError(f"MC auth answered HTTP {resp.status_code} without a token", resp.status_code)
+        rest_url = normalise_base_url(data.get("rest_instance_url") or "")
+        soap_url = normalise_base_url(data.get("soap_instance_url") or "")
+        for name, value in (("rest_instance_url", rest_url), ("soap_instance_url", soap_url)):
+            if check_https_url(value):
+                raise McApiError(f"MC token response has an unsafe {name} (https required): {value}")
+        now = self._clock()
+        return Token(data["access_token"], rest_url, soap_url, now, now + float(data.get("expires_in", 1080)))

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from mcnotify.errors import AuthExpired, ServiceUnavailable, TransientMcError
 from mcnotify.mc.auth import TokenProvider
@@ -95,6 +96,12 @@ class McClient:
             return min(hint, cap)
         return float(min(cap, 0.5 * 2**attempt) * (0.5 + random.random() / 2))
 
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter, or MC's Retry-After when it sent one (capped by backoff_max)."""
+        exc = state.outcome.exception() if state.outcome else None
+        hint = exc.retry_after if isinstance(exc, TransientMcError) else None
+        return self._backoff(state.attempt_number, hint)
+
     def call(
         self,
         method: str,
@@ -106,11 +113,10 @@ class McClient:
         idempotent: bool = True,
     ) -> Reply:
         """Send one request. `soap` is (SOAPAction, envelope builder taking the token)."""
-        attempts = int(self._section["max_attempts"])
         refreshed = False
-        attempt = 0
-        last_problem = ""
-        while True:
+
+        def attempt() -> Reply:
+            nonlocal refreshed
             token = self.tokens.get()
             base = token.rest_url if api == "rest" else token.soap_url
             url = base + path.lstrip("/")
@@ -122,25 +128,14 @@ class McClient:
                 data = build(token.access_token).encode("utf-8")
             try:
                 resp = self._session().request(
-                    method,
-                    url,
-                    json=json,
-                    data=data,
-                    headers=headers,
-                    timeout=float(self._section["timeout"]),
+                    method, url, json=json, data=data, headers=headers, timeout=float(self._section["timeout"])
                 )
             except requests.RequestException as exc:
-                last_problem = f"{urlsplit(url).netloc} unreachable ({type(exc).__name__})"
+                problem = f"MC {urlsplit(url).netloc} unreachable ({type(exc).__name__})"
                 if not idempotent and not _never_sent(exc):
-                    raise OutcomeUnknown(last_problem) from None
+                    raise OutcomeUnknown(problem) from None
                 self.close_thread_session()
-                attempt += 1
-                if attempt >= attempts:
-                    raise ServiceUnavailable(f"MC {last_problem} after {attempts} attempts") from None
-                self.retries += 1
-                self._sleep(self._backoff(attempt, None))
-                continue
-
+                raise TransientMcError(problem) from None
             body = self._parse(resp, soap is not None)
             try:
                 self._raise_for_status(resp, body, soap is not None)
@@ -150,20 +145,32 @@ class McClient:
                 refreshed = True
                 log.info("MC refused the token; fetching a new one and retrying once")
                 self.tokens.invalidate(token)
-                continue
+                return attempt()
             except TransientMcError as exc:
                 if exc.status == 429 and self._on_throttle:
                     self._on_throttle()
-                # A 5xx after the body was sent may mean MC acted on it: only safe when idempotent.
-                if not idempotent and exc.status != 429 and exc.status != 503:
+                # A 5xx after the body was sent may mean MC acted on it: only safe to repeat when idempotent.
+                if not idempotent and exc.status not in (429, 503):
                     raise OutcomeUnknown(str(exc)) from None
-                attempt += 1
-                if attempt >= attempts:
-                    raise ServiceUnavailable(f"{exc} (gave up after {attempts} attempts)") from None
-                self.retries += 1
-                self._sleep(self._backoff(attempt, exc.retry_after))
-                continue
+                raise
             return Reply(resp.status_code, body, resp.headers)
+
+        attempts = int(self._section["max_attempts"])
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientMcError),
+            sleep=self._sleep,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except TransientMcError as exc:
+            raise ServiceUnavailable(f"{exc} (gave up after {attempts} attempts)") from None
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
 
     def close_thread_session(self) -> None:
         session = getattr(self._local, "session", None)
