@@ -92,8 +92,12 @@ class Env:
 
 
 @pytest.fixture
-def sandbox_settings() -> SandboxSettings:
-    return SandboxSettings(client_secret="mc-Secret-0123456789", import_lag=0.4)
+def sandbox_settings(request: pytest.FixtureRequest) -> SandboxSettings:
+    """Override per test with @pytest.mark.sandbox(field=value, ...)."""
+    marker = request.node.get_closest_marker("sandbox")
+    return SandboxSettings(
+        **{"client_secret": "mc-Secret-0123456789", "import_lag": 0.4, **(marker.kwargs if marker else {})}
+    )
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import sqlite3
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from mcnotify.state import StateStore
 from tests.conftest import Env
 from tests.helpers import event_rows, people, run_cli
@@ -260,3 +262,45 @@ def test_mysql_wrong_password_is_one_line_and_loses_nothing(env: Env, app_db: An
     env.write(source={"url": env.mariadb.url})
     assert run_cli(env.config, "run-all").exit_code == 0
     assert len(env.accepted()) == 3
+
+
+@pytest.mark.sandbox(scheduled_import_every=0.2)
+def test_fixed_delay_mode_waits_after_upload_instead_of_polling(env: Env, app_db: Any) -> None:
+    # In this mode an automation in MC imports the file on its own schedule; mcnotify only waits `delay`.
+    app_db(event_rows(1, people(2)))
+    env.write(**{"import": {"mode": "fixed-delay", "delay": 1.0}})
+    assert run_cli(env.config, "sync").exit_code == 0
+    pending = run_cli(env.config, "wait-import", "--no-wait")
+    assert pending.exit_code == 75
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert len(env.accepted()) == 6
+    soap_calls = [p for _, p, _ in env.sandbox.account.requests if p.lower() == "/service.asmx"]
+    assert soap_calls == []
+
+
+def test_secrets_never_appear_in_output_or_state(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(2)))
+    outputs = []
+    for command in (
+        ["run-all"],
+        ["status", "--json"],
+        ["status"],
+        ["config", "check"],
+        ["config", "check", "--json"],
+        ["run-all", "--dry-run"],
+        ["send-email", "--dry-run"],
+    ):
+        outputs.append(run_cli(env.config, *command).output)
+    env.write(sftp={"known_hosts": str(env.tmp / "missing")})
+    outputs.append(run_cli(env.config, "sync").output)
+    env.write(source={"url": env.mariadb.url.replace("@127.0.0.1", "@127.0.0.1:1/x?")})
+    outputs.append(run_cli(env.config, "sync").output)
+    secrets = [env.mariadb.password, env.sandbox.settings.client_secret]
+    with sqlite3.connect(env.state_path) as conn:
+        dump = "\n".join(conn.iterdump())
+        token = conn.execute("SELECT access_token FROM token").fetchone()[0]
+    dump_without_token = dump.replace(token, "")
+    for secret in secrets:
+        assert all(secret not in text for text in outputs), secret
+        assert secret not in dump_without_token
+    assert all(token not in text for text in outputs)

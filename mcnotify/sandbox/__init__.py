@@ -74,6 +74,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        self.account.stop()
         self.http.shutdown()
         self.http.server_close()
         if self.sftp:

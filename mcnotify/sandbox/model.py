@@ -57,6 +57,9 @@ class SandboxSettings:
         default_factory=lambda: {"mcnotify-subscribers": "mcnotify-subscribers.csv"}
     )
     seed: int | None = None
+    # A scheduled automation that imports each definition's file when it has changed (what fixed-delay mode
+    # relies on in a real account); None: imports only start through SOAP Perform.
+    scheduled_import_every: float | None = None
 
 
 class Account:
@@ -75,6 +78,29 @@ class Account:
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=10_000)  # (method, path, status)
         self.faults: list[Fault] = []
         self.random = random.Random(settings.seed)
+        self._stop = threading.Event()
+        if settings.scheduled_import_every:
+            threading.Thread(target=self._schedule, name="sandbox-automation", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _schedule(self) -> None:
+        seen: dict[str, float] = {}
+        interval = float(self.settings.scheduled_import_every or 1)
+        while not self._stop.wait(interval):
+            for key, name in self.settings.import_definitions.items():
+                try:
+                    mtime = (self.import_root / "Import" / name).stat().st_mtime
+                except OSError:
+                    continue
+                if seen.get(key) != mtime:
+                    seen[key] = mtime
+                    now = time.monotonic()
+                    task = ImportTask(str(uuid.uuid4()), key, now, now)
+                    with self.lock:
+                        self.tasks[task.id] = task
+                    self._run_import(task)
 
     # -- tokens --------------------------------------------------------------------------------------------
     def issue_token(self) -> tuple[str, float]:
