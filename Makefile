@@ -19,11 +19,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check mcnotify tests bench
+	$(BIN)/ruff check mcnotify tests $(wildcard bench)
 	$(BIN)/mypy mcnotify
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	test -f bench/run.py && $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
