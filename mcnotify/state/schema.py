@@ -78,4 +78,8 @@ MIGRATIONS: list[str] = [
         expires_at REAL NOT NULL
     );
     """,
+    # 2: one email per subscriber key per batch is worked out in SQL, so a million-row batch is never in memory.
+    """
+    CREATE INDEX notifications_subscriber ON notifications (batch_id, channel, subscriber_key, seq);
+    """,
 ]

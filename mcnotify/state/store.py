@@ -250,19 +250,46 @@ class StateStore:
             ],
         )
 
-    def subscriber_rows(self, batch_id: int) -> list[tuple[int, str, str]]:
-        """(seq, subscriber key, email) of the batch's sendable email notifications, oldest first."""
-        return [
-            (r[0], r[1], r[2])
+    _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status != 'invalid'"
+
+    def resolve_email_conflicts(self, batch_id: int) -> list[str]:
+        """A subscriber key seen with several emails in a batch: the newest row's email wins for all its
+        notifications (MC keeps one email per key). Returns the conflicting keys."""
+        keys = [
+            r[0]
             for r in self.conn.execute(
-                "SELECT seq, subscriber_key, address FROM notifications"
-                " WHERE batch_id = ? AND channel = 'email' AND status != 'invalid' ORDER BY seq",
+                f"SELECT subscriber_key FROM notifications WHERE {self._SENDABLE_EMAIL}"
+                " GROUP BY subscriber_key HAVING COUNT(DISTINCT address) > 1",
                 (batch_id,),
             )
         ]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            self.conn.execute(
+                "UPDATE notifications SET address = (SELECT newest.address FROM notifications AS newest"
+                f"  WHERE newest.batch_id = notifications.batch_id AND newest.channel = 'email'"
+                "   AND newest.status != 'invalid' AND newest.subscriber_key = notifications.subscriber_key"
+                "  ORDER BY newest.seq DESC LIMIT 1)"
+                f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
+                (batch_id, *chunk),
+            )
+        return keys
 
-    def set_address(self, seqs: Sequence[int], address: str) -> None:
-        self.conn.executemany("UPDATE notifications SET address = ? WHERE seq = ?", [(address, s) for s in seqs])
+    def subscribers(self, batch_id: int) -> Iterator[tuple[str, str]]:
+        """(subscriber key, email) once per key, streamed in key order; run after resolve_email_conflicts."""
+        for key, address, _ in self.conn.execute(
+            f"SELECT subscriber_key, address, MAX(seq) FROM notifications WHERE {self._SENDABLE_EMAIL}"
+            " GROUP BY subscriber_key ORDER BY subscriber_key",
+            (batch_id,),
+        ):
+            yield key, address
+
+    def count_subscribers(self, batch_id: int) -> int:
+        return int(
+            self.conn.execute(
+                f"SELECT COUNT(DISTINCT subscriber_key) FROM notifications WHERE {self._SENDABLE_EMAIL}", (batch_id,)
+            ).fetchone()[0]
+        )
 
     def work(self, batch_id: int, channel: str, statuses: Sequence[str]) -> list[Notification]:
         sql = (

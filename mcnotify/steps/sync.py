@@ -170,8 +170,11 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-def _new_rows(ctx: Context, source: Source) -> Iterator[tuple[list[NewNotification], Any]]:
-    """Chunks of not-yet-claimed notifications with the highest cursor seen in each, up to batch_limit."""
+def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[tuple[list[NewNotification], Any]]:
+    """Chunks of not-yet-claimed notifications with the highest cursor seen in each, up to batch_limit.
+
+    A real sync stores each chunk before asking for the next, so the state itself dedupes across chunks; a
+    preview stores nothing and must `remember` the ids it has seen."""
     src = ctx.settings.section("source")
     limit, cursor_column = src["batch_limit"], src["cursor_column"]
     wanted = limit
@@ -190,7 +193,8 @@ def _new_rows(ctx: Context, source: Source) -> Iterator[tuple[list[NewNotificati
             fresh.append(classify(ctx.settings, row))
             if len(fresh) >= wanted:
                 break
-        seen_in_run.update(n.notification_id for n in fresh)
+        if remember:
+            seen_in_run.update(n.notification_id for n in fresh)
         wanted -= len(fresh)
         yield fresh, top
         if wanted <= 0:
@@ -226,23 +230,14 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
     return batch_id
 
 
-def _resolve_conflicts(ctx: Context, batch_id: int) -> tuple[dict[str, str], int]:
-    """One email per subscriber key: the newest wins, older notifications follow it."""
-    newest: dict[str, tuple[int, str]] = {}
-    seqs: dict[str, list[tuple[int, str]]] = {}
-    for seq, key, email in ctx.store.subscriber_rows(batch_id):
-        newest[key] = (seq, email)
-        seqs.setdefault(key, []).append((seq, email))
-    conflicts = 0
+def _resolve_conflicts(ctx: Context, batch_id: int) -> int:
     with ctx.store.transaction():
-        for key, entries in seqs.items():
-            winner = newest[key][1]
-            losers = [s for s, e in entries if e != winner]
-            if losers:
-                conflicts += 1
-                ctx.store.set_address(losers, winner)
-        ctx.store.update_batch(batch_id, conflicts=conflicts, status="claimed")
-    return {k: v[1] for k, v in newest.items()}, conflicts
+        keys = ctx.store.resolve_email_conflicts(batch_id)
+        ctx.store.update_batch(batch_id, conflicts=len(keys), status="claimed")
+    if keys:
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        ctx.progress(f"sync: {len(keys)} subscriber key(s) had two emails in batch {batch_id}; newest wins: {shown}")
+    return len(keys)
 
 
 def write_csv(rows: Iterable[tuple[str, str]], out: io.TextIOBase | Any) -> int:
@@ -255,9 +250,9 @@ def write_csv(rows: Iterable[tuple[str, str]], out: io.TextIOBase | Any) -> int:
     return count
 
 
-def _upload(ctx: Context, batch_id: int, subscribers: Mapping[str, str], report: SyncReport) -> None:
+def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
     store, sftp_section = ctx.store, ctx.settings.section("sftp")
-    if not subscribers:
+    if store.count_subscribers(batch_id) == 0:
         with store.transaction():
             store.update_batch(
                 batch_id, status="imported", csv_rows=0, import_status="skipped", import_done_at=time.time()
@@ -269,7 +264,7 @@ def _upload(ctx: Context, batch_id: int, subscribers: Mapping[str, str], report:
     fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            report.csv_rows = write_csv(sorted(subscribers.items()), out)
+            report.csv_rows = write_csv(store.subscribers(batch_id), out)
         ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section['host']}")
         remote = sftp.upload(sftp_section, Path(tmp), sftp_section["file_name"])
     finally:
@@ -320,12 +315,11 @@ def run(ctx: Context, dry_run: bool = False) -> SyncReport:
     batch = store.batch(batch_id)
     assert batch is not None
     if batch.status == "claiming":
-        subscribers, report.conflicts = _resolve_conflicts(ctx, batch_id)
-        report.csv_rows = len(subscribers)
-        _upload(ctx, batch_id, subscribers, report)
-    elif batch.status == "claimed":
-        subscribers = {k: e for _, k, e in store.subscriber_rows(batch_id)}
-        _upload(ctx, batch_id, subscribers, report)
+        report.conflicts = _resolve_conflicts(ctx, batch_id)
+        batch = store.batch(batch_id)
+        assert batch is not None
+    if batch.status == "claimed":
+        _upload(ctx, batch_id, report)
     batch = store.batch(batch_id)
     assert batch is not None
     if batch.status == "uploaded":
@@ -339,7 +333,7 @@ def preview(ctx: Context) -> SyncReport:
     source = open_source(ctx.settings.section("source"))
     subscribers: dict[str, str] = {}
     try:
-        for fresh, _ in _new_rows(ctx, source):
+        for fresh, _ in _new_rows(ctx, source, remember=True):
             for n in fresh:
                 report.new_rows += 1
                 if n.status == INVALID:
