@@ -335,13 +335,17 @@ def sandbox(
         client_secret=pysecrets.token_urlsafe(16), import_lag=import_lag, token_lifetime=token_lifetime
     )
     box = Sandbox(base, settings, port=port).start()
+    box.account.record_path = base / "accepted.jsonl"
     config = base / "config.toml"
-    config.write_text(box.config_toml(base / "state.db", "sqlite:///" + str(base / "app.sqlite")))
+    text = box.config_toml(base / "state.db", "sqlite:///" + str(base / "app.sqlite"))
+    config.write_text(text)
     config.chmod(0o600)
-    out.print(f"sandbox: MC on {box.url}, SFTP on 127.0.0.1:{box.sftp.port if box.sftp else '-'}")
+    out.print(text, markup=False)
     out.print(
-        f"sandbox: config written to {config} (point [source] at your data); accepted messages: "
-        f"{box.url}_sandbox/record"
+        f"# sandbox: MC on {box.url}, SFTP on 127.0.0.1:{box.sftp.port if box.sftp else '-'}; config written to "
+        f"{config} (point [source] at your data); accepted messages in {box.account.record_path} and at "
+        f"{box.url}_sandbox/record. Ctrl-C stops it.",
+        markup=False,
     )
     try:
         while True:

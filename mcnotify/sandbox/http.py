@@ -30,6 +30,13 @@ class SandboxServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.account = account
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (timeout, reset) is part of the weather the sandbox simulates, not an error.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]

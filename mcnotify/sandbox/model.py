@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import random
 import secrets
 import threading
@@ -78,6 +79,7 @@ class Account:
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=10_000)  # (method, path, status)
         self.faults: list[Fault] = []
         self.random = random.Random(settings.seed)
+        self.record_path: Path | None = None  # when set, every accepted message is appended as a JSON line
         self._stop = threading.Event()
         if settings.scheduled_import_every:
             threading.Thread(target=self._schedule, name="sandbox-automation", daemon=True).start()
@@ -217,6 +219,9 @@ class Account:
                 self.used_keys[key] = time.time()
             record["acceptedAt"] = time.time()
             self.accepted.append(record)
+            if self.record_path is not None:
+                with self.record_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def subscriber_problem(self, contact_key: str, email: str) -> tuple[int, str] | None:
         if not self.settings.require_subscribers:
