@@ -121,6 +121,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "api": Key(str, "transactional", check=_one_of("transactional", "triggered-send")),
         "batch_size": Key(int, 500, check=_between(1, 2000)),
         "concurrency": Key(int, 5, check=_between(1, 64)),
+        "rate_limit": Key(float, 0.0, check=_between(0, 1_000_000)),
         "from_name_attribute": Key(str, "SenderDisplayName"),
         "from_address": Key(str),
         "message_key_prefix": Key(str, "mcn"),
@@ -130,6 +131,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "default_region": Key(str, "TW", check=_check_region),
         "batch_size": Key(int, 500, check=_between(1, 2000)),
         "concurrency": Key(int, 5, check=_between(1, 64)),
+        "rate_limit": Key(float, 0.0, check=_between(0, 1_000_000)),
     },
 }
 

@@ -69,7 +69,7 @@ class McClient:
         self.tokens = tokens
         self._sleep = sleep
         self._local = threading.local()
-        self._on_throttle = on_throttle
+        self.on_throttle = on_throttle  # called on every 429, e.g. to lower concurrency
         self.retries = 0
 
     # Each thread gets its own session, so "idle for N seconds" is true of the connection it pools.
@@ -147,8 +147,8 @@ class McClient:
                 self.tokens.invalidate(token)
                 return attempt()
             except TransientMcError as exc:
-                if exc.status == 429 and self._on_throttle:
-                    self._on_throttle()
+                if exc.status == 429 and self.on_throttle:
+                    self.on_throttle()
                 # A 5xx after the body was sent may mean MC acted on it: only safe to repeat when idempotent.
                 if not idempotent and exc.status not in (429, 503):
                     raise OutcomeUnknown(str(exc)) from None

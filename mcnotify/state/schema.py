@@ -81,5 +81,6 @@ MIGRATIONS: list[str] = [
     # 2: one email per subscriber key per batch is worked out in SQL, so a million-row batch is never in memory.
     """
     CREATE INDEX notifications_subscriber ON notifications (batch_id, channel, subscriber_key, seq);
+    CREATE INDEX notifications_send ON notifications (batch_id, channel, template, status, seq);
     """,
 ]

@@ -291,18 +291,43 @@ class StateStore:
             ).fetchone()[0]
         )
 
-    def work(self, batch_id: int, channel: str, statuses: Sequence[str]) -> list[Notification]:
+    def work(
+        self,
+        batch_id: int,
+        channel: str,
+        statuses: Sequence[str],
+        template: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+    ) -> list[Notification]:
+        """Notifications to send, oldest first; keyset-paged by `after` (a seq) and `limit`."""
         sql = (
             "SELECT seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes,"
             " from_name, status, message_key FROM notifications WHERE batch_id = ? AND channel = ?"
-            f" AND status IN ({','.join('?' * len(statuses))}) ORDER BY seq"
+            f" AND status IN ({','.join('?' * len(statuses))}) AND seq > ?"
         )
+        args: list[Any] = [batch_id, channel, *statuses, after]
+        if template is not None:
+            sql += " AND template = ?"
+            args.append(template)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
         out = []
-        for r in self.conn.execute(sql, (batch_id, channel, *statuses)):
+        for r in self.conn.execute(sql, args):
             d = dict(r)
             d["attributes"] = json.loads(d["attributes"])
             out.append(Notification(**d))
         return out
+
+    def templates(self, batch_id: int, channel: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT template FROM notifications WHERE batch_id = ? AND channel = ?"
+                " AND status IN ('pending', 'sending')",
+                (batch_id, channel),
+            )
+        ]
 
     def mark(self, seqs: Sequence[int], status: str) -> None:
         now = time.time()
@@ -336,13 +361,13 @@ class StateStore:
         sql += " GROUP BY channel, status"
         return {(r[0], r[1]): r[2] for r in self.conn.execute(sql, args)}
 
-    def open_work(self, batch_id: int) -> int:
-        return int(
-            self.conn.execute(
-                "SELECT COUNT(*) FROM notifications WHERE batch_id = ? AND status IN ('pending', 'sending')",
-                (batch_id,),
-            ).fetchone()[0]
-        )
+    def open_work(self, batch_id: int, channel: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM notifications WHERE batch_id = ? AND status IN ('pending', 'sending')"
+        args: tuple[Any, ...] = (batch_id,)
+        if channel is not None:
+            sql += " AND channel = ?"
+            args += (channel,)
+        return int(self.conn.execute(sql, args).fetchone()[0])
 
     def invalid_rows(self, batch_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         sql = (

@@ -9,6 +9,7 @@ outcome a crash or a lost reply hid is recorded 'unknown', never sent again.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
 from mcnotify.state.store import FAILED, PENDING, SENDING, SENT, UNKNOWN, Outcome
 from mcnotify.steps import Context
+from mcnotify.steps.flow import RateLimiter, Throttle
 
 EMAIL_READY = {"Completed", "skipped", "assumed"}
 
@@ -74,32 +76,39 @@ def _tally(report: SendReport, outcomes: Sequence[Outcome]) -> None:
             report.unknown += 1
 
 
-def _chunks(rows: Sequence[Notification], size: int) -> Iterator[list[Notification]]:
-    by_template: dict[str, list[Notification]] = {}
-    for n in rows:
-        by_template.setdefault(n.template, []).append(n)
-    for group in by_template.values():
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
+def _chunks(ctx: Context, batch_id: int, channel: str, size: int) -> Iterator[list[Notification]]:
+    """The batch's sendable notifications in chunks of one template each, read page by page so a large batch
+    is never in memory."""
+    for template in ctx.store.templates(batch_id, channel):
+        after = 0
+        while page := ctx.store.work(
+            batch_id, channel, (PENDING, SENDING), template=template, after=after, limit=size * 20
+        ):
+            after = page[-1].seq
+            for start in range(0, len(page), size):
+                yield page[start : start + size]
 
 
 def _run_pool(
     ctx: Context,
     report: SendReport,
     jobs: Iterator[tuple[Callable[[], list[Outcome]], int]],
-    concurrency: int,
+    throttle: Throttle,
+    limiter: RateLimiter,
 ) -> None:
-    """Run jobs, at most `concurrency` in flight; record each result as it lands. On a fatal error, let the
-    in-flight ones finish and be recorded, then re-raise."""
+    """Run jobs with at most `throttle.limit` in flight; record each result as it lands, in one transaction per
+    call. On a fatal error, let the in-flight ones finish and be recorded, then re-raise."""
     failure: BaseException | None = None
-    with cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mcnotify-send") as pool:
+    last_progress = 0.0
+    with cf.ThreadPoolExecutor(max_workers=throttle.maximum, thread_name_prefix="mcnotify-send") as pool:
         in_flight: set[cf.Future[list[Outcome]]] = set()
         job_iter = iter(jobs)
         while True:
-            while failure is None and len(in_flight) < concurrency * 2:
+            while failure is None and len(in_flight) < throttle.limit:
                 nxt = next(job_iter, None)
                 if nxt is None:
                     break
+                limiter.acquire(nxt[1])
                 in_flight.add(pool.submit(nxt[0]))
             if not in_flight:
                 break
@@ -113,32 +122,44 @@ def _run_pool(
                 with ctx.store.transaction():
                     ctx.store.record(outcomes)
                 report.calls += 1
+                throttle.succeeded()
                 _tally(report, outcomes)
-            ctx.progress(f"send-{report.channel}: {report.sent} sent, {report.failed} failed")
+            if time.monotonic() - last_progress >= 1.0:
+                last_progress = time.monotonic()
+                ctx.progress(f"send-{report.channel}: {report.sent} sent, {report.failed} failed")
     if failure is not None:
         raise failure
 
 
-def _send_transactional(ctx: Context, report: SendReport, rows: list[Notification], channel: str) -> None:
+def _flow(ctx: Context, channel: str) -> tuple[Throttle, RateLimiter]:
     section = ctx.settings.section(channel)
+    throttle = Throttle(int(section["concurrency"]))
+    ctx.mc().on_throttle = throttle.throttled
+    return throttle, RateLimiter(float(section["rate_limit"]), ctx.sleep)
+
+
+def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel: str) -> None:
     client = ctx.mc()
 
     def job(chunk: list[Notification]) -> Callable[[], list[Outcome]]:
         definition_key = ctx.settings.templates[chunk[0].template].definition_key
+        recipients = [_recipient(ctx, n) for n in chunk]
 
         def call() -> list[Outcome]:
-            verdicts = rest.send_transactional(client, channel, definition_key, [_recipient(ctx, n) for n in chunk])
+            verdicts = rest.send_transactional(client, channel, definition_key, recipients)
             return [_outcome(n, verdicts[n.message_key or ""]) for n in chunk]
 
         return call
 
-    jobs = ((job(chunk), len(chunk)) for chunk in _chunks(rows, int(section["batch_size"])))
-    _run_pool(ctx, report, jobs, int(section["concurrency"]))
+    size = int(ctx.settings.section(channel)["batch_size"])
+    jobs = ((job(chunk), len(chunk)) for chunk in _chunks(ctx, batch_id, channel, size))
+    _run_pool(ctx, report, jobs, *_flow(ctx, channel))
 
 
-def _send_triggered(ctx: Context, report: SendReport, rows: list[Notification]) -> None:
+def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
     section = ctx.settings.section("email")
     client = ctx.mc()
+    rows = [n for chunk in _chunks(ctx, batch_id, "email", 1000) for n in chunk]
     # A 'sending' row survived a crash mid-request: MC may have sent it. Never send it again.
     stale = [
         Outcome(n.seq, UNKNOWN, None, "interrupted during a triggered send; not resent to avoid a duplicate")
@@ -150,7 +171,8 @@ def _send_triggered(ctx: Context, report: SendReport, rows: list[Notification]) 
             ctx.store.record(stale)
         _tally(report, stale)
     fresh = [n for n in rows if n.status == PENDING]
-    wave = int(section["concurrency"])
+    throttle, limiter = _flow(ctx, "email")
+    wave = throttle.maximum
 
     def job(n: Notification) -> Callable[[], list[Outcome]]:
         key = ctx.settings.templates[n.template].definition_key
@@ -169,7 +191,7 @@ def _send_triggered(ctx: Context, report: SendReport, rows: list[Notification]) 
         with ctx.store.transaction():
             ctx.store.mark([n.seq for n in group], SENDING)
         try:
-            _run_pool(ctx, report, ((job(n), 1) for n in group), wave)
+            _run_pool(ctx, report, ((job(n), 1) for n in group), throttle, limiter)
         except McnotifyError:
             # These never reached MC (the client only gives up on requests that are safe to repeat).
             with ctx.store.transaction():
@@ -201,32 +223,34 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
     for batch in store.batches("imported"):
         if not _ready(batch, channel):
             continue
-        rows = store.work(batch.id, channel, [PENDING, SENDING])
-        if channel == "email" and batch.import_status == "Error" and rows:
+        pending = store.open_work(batch.id, channel)
+        if channel == "email" and batch.import_status == "Error" and pending:
             if dry_run:
                 report.note = f"batch {batch.id}: import failed, its emails would be marked failed"
                 continue
             with store.transaction():
                 report.failed += store.fail_channel(batch.id, channel, "MC import of the subscriber file failed")
                 store.step_finished(batch.id, step, "failed", "import failed")
-            rows = []
+            pending = 0
         if dry_run:
-            if rows:
+            if pending:
                 report.batches.append(batch.id)
-            report.sent += len(rows)  # "would send"
-            report.samples += [_sample(ctx, n) for n in rows[: max(0, 5 - len(report.samples))]]
+                report.sent += pending  # "would send"
+                want = max(0, 5 - len(report.samples))
+                sample = store.work(batch.id, channel, (PENDING, SENDING), limit=want) if want else []
+                report.samples += [_sample(ctx, n) for n in sample]
             continue
-        if rows:
+        if pending:
             report.batches.append(batch.id)
             with store.transaction():
                 store.step_started(batch.id, step)
-            ctx.progress(f"{step}: batch {batch.id}: {len(rows)} to send")
+            ctx.progress(f"{step}: batch {batch.id}: {pending} to send")
             before = (report.sent, report.failed, report.unknown)
             api = ctx.settings.section(channel)["api"]
             if api == "triggered-send":
-                _send_triggered(ctx, report, rows)
+                _send_triggered(ctx, report, batch.id)
             else:
-                _send_transactional(ctx, report, rows, channel)
+                _send_transactional(ctx, report, batch.id, channel)
             sent, failed, unknown = (
                 a - b for a, b in zip((report.sent, report.failed, report.unknown), before, strict=True)
             )
