@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +21,9 @@ from mcnotify import __version__
 from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, load
 from mcnotify.errors import EXIT_FAILURE, McnotifyError
 from mcnotify.redact import scrub
-from mcnotify.steps import Context
+
+if TYPE_CHECKING:  # the steps pull in requests, paramiko, phonenumbers: import them only when used
+    from mcnotify.steps import Context
 
 T = TypeVar("T")
 app = typer.Typer(

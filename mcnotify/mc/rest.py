@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import quote
 
 from mcnotify.errors import McApiError
+from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.mc.client import McClient
 
-DUPLICATE_MESSAGE_KEY = "109110"  # MC refuses a reused messageKey: the message was accepted earlier
 PATHS = {"email": "messaging/v1/email/messages/", "sms": "messaging/v1/sms/messages/"}
 
 

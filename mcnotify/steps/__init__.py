@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mcnotify.config import Settings
-from mcnotify.mc.auth import TokenCache, TokenProvider
-from mcnotify.mc.client import McClient
 from mcnotify.state import StateStore
+
+if TYPE_CHECKING:
+    from mcnotify.mc.client import McClient
 
 
 def _quiet(_: str) -> None:
@@ -26,6 +28,9 @@ class Context:
 
     def mc(self) -> McClient:
         if self._client is None:
+            from mcnotify.mc.auth import TokenCache, TokenProvider  # requests is slow to import
+            from mcnotify.mc.client import McClient
+
             section = self.settings.section("marketing_cloud")
             tokens = TokenProvider(section, TokenCache(None if self.store.memory else self.store.path))
             self._client = McClient(section, tokens, sleep=self.sleep)

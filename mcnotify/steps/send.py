@@ -12,16 +12,18 @@ import concurrent.futures as cf
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcnotify.errors import McnotifyError
-from mcnotify.mc import rest
-from mcnotify.mc.client import OutcomeUnknown
+from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
 from mcnotify.state.store import FAILED, PENDING, SENDING, SENT, UNKNOWN, Outcome
 from mcnotify.steps import Context
 from mcnotify.steps.flow import RateLimiter, Throttle
+
+if TYPE_CHECKING:  # requests is slow to import; a run with nothing to send never needs it
+    from mcnotify.mc import rest
 
 EMAIL_READY = {"Completed", "skipped", "assumed"}
 
@@ -54,6 +56,8 @@ def _attributes(ctx: Context, n: Notification) -> dict[str, str]:
 
 
 def _recipient(ctx: Context, n: Notification) -> rest.Recipient:
+    from mcnotify.mc import rest
+
     assert n.message_key and n.subscriber_key and n.address
     return rest.Recipient(n.message_key, n.subscriber_key, n.address, _attributes(ctx, n))
 
@@ -69,7 +73,7 @@ def _tally(report: SendReport, outcomes: Sequence[Outcome]) -> None:
     for o in outcomes:
         if o.status == SENT:
             report.sent += 1
-            report.duplicates += o.error_code == rest.DUPLICATE_MESSAGE_KEY
+            report.duplicates += o.error_code == DUPLICATE_MESSAGE_KEY
         elif o.status == FAILED:
             report.failed += 1
         elif o.status == UNKNOWN:
@@ -139,6 +143,8 @@ def _flow(ctx: Context, channel: str) -> tuple[Throttle, RateLimiter]:
 
 
 def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel: str) -> None:
+    from mcnotify.mc import rest
+
     client = ctx.mc()
 
     def job(chunk: list[Notification]) -> Callable[[], list[Outcome]]:
@@ -157,6 +163,9 @@ def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel
 
 
 def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
+    from mcnotify.mc import rest
+    from mcnotify.mc.client import OutcomeUnknown
+
     section = ctx.settings.section("email")
     client = ctx.mc()
     rows = [n for chunk in _chunks(ctx, batch_id, "email", 1000) for n in chunk]

@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mcnotify.config import Settings
-from mcnotify.contacts import normalise_phone, validate_email
 from mcnotify.errors import ConfigError
-from mcnotify.mc import sftp, soap
 from mcnotify.redact import mask_contact
 from mcnotify.source import REQUIRED_COLUMNS, Source, open_source
 from mcnotify.state.store import INVALID, PENDING, NewNotification
@@ -86,6 +84,8 @@ def render_from_name(fmt: str | None, attributes: Mapping[str, Any], template: s
 
 def classify(settings: Settings, row: Mapping[str, Any]) -> NewNotification:
     """One source row -> a notification that is pending, or invalid with its reason."""
+    from mcnotify.contacts import normalise_phone, validate_email  # heavy; only needed when there are rows
+
     nid = str(_plain(row["notification_id"]))
     template_name = str(_plain(row["template"]) or "")
     attributes = {k: _plain(v) for k, v in row.items() if k not in REQUIRED_COLUMNS}
@@ -261,6 +261,8 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
             store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
         report.note = "nothing to upload"
         return
+    from mcnotify.mc import sftp  # paramiko is slow to import
+
     fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
@@ -277,6 +279,8 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
 
 
 def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
+    from mcnotify.mc import soap
+
     imp = ctx.settings.section("import")
     task_id = None
     if imp["mode"] == "import-definition":

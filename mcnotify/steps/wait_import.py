@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 
 from mcnotify.errors import ImportPending, McnotifyError
-from mcnotify.mc import soap
 from mcnotify.state import Batch
 from mcnotify.steps import Context
 
@@ -53,6 +52,8 @@ def _finish(ctx: Context, result: ImportResult) -> None:
 
 
 def _poll(ctx: Context, batch: Batch, wait: bool, deadline: float) -> ImportResult | None:
+    from mcnotify.mc import soap
+
     imp = ctx.settings.section("import")
     started = time.monotonic()
     assert batch.import_task_id is not None
