@@ -324,6 +324,8 @@ def sandbox(
     workdir: Annotated[Path | None, typer.Option(help="Where to keep the SFTP root and config.")] = None,
     import_lag: Annotated[float, typer.Option(help="Seconds MC takes to import a file.")] = 2.0,
     token_lifetime: Annotated[float, typer.Option(help="Real token lifetime in seconds.")] = 1200.0,
+    latency_ms: Annotated[float, typer.Option(help="Added to every MC request, milliseconds.")] = 0.0,
+    fault_rate: Annotated[float, typer.Option(help="Share of MC requests that fail (429/500/503/reset/...).")] = 0.0,
 ) -> None:
     """Run the local Marketing Cloud stand-in until Ctrl-C, and print a config pointing at it."""
     import secrets as pysecrets
@@ -334,7 +336,11 @@ def sandbox(
     base = workdir or Path(tempfile.mkdtemp(prefix="mcnotify-sandbox-"))
     base.mkdir(parents=True, exist_ok=True)
     settings = SandboxSettings(
-        client_secret=pysecrets.token_urlsafe(16), import_lag=import_lag, token_lifetime=token_lifetime
+        client_secret=pysecrets.token_urlsafe(16),
+        import_lag=import_lag,
+        token_lifetime=token_lifetime,
+        latency=latency_ms / 1000,
+        fault_rate=fault_rate,
     )
     box = Sandbox(base, settings, port=port).start()
     box.account.record_path = base / "accepted.jsonl"

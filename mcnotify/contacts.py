@@ -5,6 +5,8 @@ Each function returns (normalised value, None) or (None, reason) and never raise
 
 from __future__ import annotations
 
+import functools
+
 import email_validator
 import phonenumbers
 
@@ -12,12 +14,19 @@ MAX_EMAIL = 254  # MC EmailAddress field
 MAX_LOCAL = 100
 
 
+# Members get many notifications, so the same address comes back again and again; validating it once per
+# process turns the costliest step of a sync into a dictionary look-up. Bounded, so memory stays flat.
+CACHE_SIZE = 100_000
+
+
 def validate_email(raw: object) -> tuple[str | None, str | None]:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None, "email missing"
-    if not isinstance(raw, str):
-        raw = str(raw)
-    value = raw.strip()
+    return _validate_email(raw.strip() if isinstance(raw, str) else str(raw).strip())
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _validate_email(value: str) -> tuple[str | None, str | None]:
     # MC's import rules, checked first because their reasons are the ones MC would give.
     if any(ch.isspace() for ch in value):
         return None, "email contains spaces"
@@ -48,11 +57,15 @@ def normalise_phone(raw: object, default_region: str) -> tuple[str | None, str |
     """Digits with country code, no '+', as MC's SMS APIs want: 0912-345-678 (TW) -> 886912345678."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None, "phone missing"
-    text = str(raw).strip()
+    return _normalise_phone(str(raw).strip(), default_region.upper())
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _normalise_phone(text: str, default_region: str) -> tuple[str | None, str | None]:
     if "\x00" in text:
         return None, "phone contains a NUL byte"
     try:
-        number = phonenumbers.parse(text, default_region.upper())
+        number = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
         return None, f"phone invalid: {exc._msg}"
     except Exception as exc:
