@@ -53,7 +53,7 @@ def run_measured(args: list[str]) -> tuple[float, float]:
 def start_sandbox(workdir: Path, latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [*MCNOTIFY, "sandbox", "--workdir", str(workdir), "--latency-ms", str(latency_ms), "--import-lag", "0.5"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
     )
     config = workdir / "config.toml"
     deadline = time.monotonic() + 30
@@ -62,6 +62,15 @@ def start_sandbox(workdir: Path, latency_ms: float) -> tuple[subprocess.Popen[st
             raise SystemExit("the sandbox did not start")
         time.sleep(0.1)
     return proc, config.read_text()
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def configure(base: str, workdir: Path, source_url: str, rows: int) -> Path:
@@ -142,8 +151,7 @@ def bench_send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         idle = statistics.median(run_measured([*cli, "run-all"])[0] for _ in range(5))
         helptime = statistics.median(run_measured([*MCNOTIFY, "--help"])[0] for _ in range(5))
     finally:
-        sandbox.send_signal(signal.SIGINT)
-        sandbox.wait(10)
+        stop(sandbox)
     return {
         "messages": sent, "send_seconds": step["seconds"], "send_wall_seconds": round(wall, 3),
         "send_rate": round(rate), "bound": round(bound), "ratio_to_bound": round(rate / bound, 3),
@@ -176,8 +184,7 @@ def bench_sync(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                            capture_output=True, text=True, check=True).stdout)
         batch = status["batches"][0]
     finally:
-        sandbox.send_signal(signal.SIGINT)
-        sandbox.wait(10)
+        stop(sandbox)
         db.stop()
     return {"sync_rows": batch["rows"], "sync_subscribers": batch["csv_rows"], "sync_seconds": round(wall, 2),
             "sync_rate": round(batch["rows"] / wall), "sync_peak_rss_mb": round(rss, 1)}
