@@ -53,7 +53,9 @@ def run_measured(args: list[str]) -> tuple[float, float]:
 def start_sandbox(workdir: Path, latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [*MCNOTIFY, "sandbox", "--workdir", str(workdir), "--latency-ms", str(latency_ms), "--import-lag", "0.5"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     config = workdir / "config.toml"
     deadline = time.monotonic() + 30
@@ -97,8 +99,10 @@ def email_for(member: int) -> str:
 
 def sqlite_source(path: Path, messages: int, members: int) -> None:
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE notifications (notification_id INTEGER PRIMARY KEY, template TEXT,"
-                 " subscriber_key TEXT, email TEXT, phone TEXT, sender_name TEXT)")
+    conn.execute(
+        "CREATE TABLE notifications (notification_id INTEGER PRIMARY KEY, template TEXT,"
+        " subscriber_key TEXT, email TEXT, phone TEXT, sender_name TEXT)"
+    )
     conn.executemany(
         "INSERT INTO notifications VALUES (?, 'envelope-received', ?, ?, NULL, ?)",
         ((i, f"m-{i % members}", email_for(i % members), f"Sender{i % 997}") for i in range(1, messages + 1)),
@@ -119,8 +123,9 @@ def bench_send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         run_measured([*cli, "sync"])
         run_measured([*cli, "wait-import"])
         wall, _ = run_measured([*cli, "send-email"])
-        status = json.loads(subprocess.run([*cli, "status", "--json"], capture_output=True, text=True,
-                                           check=True).stdout)
+        status = json.loads(
+            subprocess.run([*cli, "status", "--json"], capture_output=True, text=True, check=True).stdout
+        )
         step = status["batches"][0]["steps"]["send-email"]
         sent = status["batches"][0]["channels"]["email"].get("sent", 0)
         batch_size, concurrency = 500, 5
@@ -132,17 +137,23 @@ def bench_send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         client_id = base.split('client_id = "')[1].split('"')[0]
         secret = base.split('client_secret = "')[1].split('"')[0]
         session = requests.Session()
-        token = session.post(url + "v2/token", json={"grant_type": "client_credentials", "client_id": client_id,
-                                                     "client_secret": secret}, timeout=10).json()
+        token = session.post(
+            url + "v2/token",
+            json={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+            timeout=10,
+        ).json()
         headers = {"Authorization": f"Bearer {token['access_token']}"}
         started = time.perf_counter()
         for i in range(args.naive):
             member = i % min(args.members, args.messages)
             resp = session.post(
                 f"{token['rest_instance_url']}messaging/v1/email/messages/naive-{i}",
-                json={"definitionKey": "red-envelope-received",
-                      "recipient": {"contactKey": f"m-{member}", "to": email_for(member)}},
-                headers=headers, timeout=10,
+                json={
+                    "definitionKey": "red-envelope-received",
+                    "recipient": {"contactKey": f"m-{member}", "to": email_for(member)},
+                },
+                headers=headers,
+                timeout=10,
             )
             resp.raise_for_status()
         naive_rate = args.naive / (time.perf_counter() - started)
@@ -153,10 +164,17 @@ def bench_send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     finally:
         stop(sandbox)
     return {
-        "messages": sent, "send_seconds": step["seconds"], "send_wall_seconds": round(wall, 3),
-        "send_rate": round(rate), "bound": round(bound), "ratio_to_bound": round(rate / bound, 3),
-        "naive_messages": args.naive, "naive_rate": round(naive_rate, 1), "speedup": round(rate / naive_rate, 1),
-        "run_all_idle_seconds": round(idle, 3), "help_seconds": round(helptime, 3),
+        "messages": sent,
+        "send_seconds": step["seconds"],
+        "send_wall_seconds": round(wall, 3),
+        "send_rate": round(rate),
+        "bound": round(bound),
+        "ratio_to_bound": round(rate / bound, 3),
+        "naive_messages": args.naive,
+        "naive_rate": round(naive_rate, 1),
+        "speedup": round(rate / naive_rate, 1),
+        "run_all_idle_seconds": round(idle, 3),
+        "help_seconds": round(helptime, 3),
     }
 
 
@@ -169,8 +187,10 @@ def bench_sync(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sandbox, base = start_sandbox(workdir, 0)
     try:
         with db.connect() as conn, conn.cursor() as cur:
-            cur.execute("CREATE TABLE notifications (notification_id BIGINT PRIMARY KEY, template VARCHAR(64),"
-                        " subscriber_key VARCHAR(64), email VARCHAR(128), phone VARCHAR(32), sender_name VARCHAR(64))")
+            cur.execute(
+                "CREATE TABLE notifications (notification_id BIGINT PRIMARY KEY, template VARCHAR(64),"
+                " subscriber_key VARCHAR(64), email VARCHAR(128), phone VARCHAR(32), sender_name VARCHAR(64))"
+            )
             members = min(args.members, args.sync_rows)
             cur.execute(
                 "INSERT INTO notifications SELECT seq, 'envelope-received', CONCAT('m-', MOD(seq, %s)),"
@@ -180,14 +200,22 @@ def bench_sync(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
         config = configure(base, workdir, db.url, args.sync_rows)
         wall, rss = run_measured([*MCNOTIFY, "-q", "--config", str(config), "sync"])
-        status = json.loads(subprocess.run([*MCNOTIFY, "--config", str(config), "status", "--json"],
-                                           capture_output=True, text=True, check=True).stdout)
+        status = json.loads(
+            subprocess.run(
+                [*MCNOTIFY, "--config", str(config), "status", "--json"], capture_output=True, text=True, check=True
+            ).stdout
+        )
         batch = status["batches"][0]
     finally:
         stop(sandbox)
         db.stop()
-    return {"sync_rows": batch["rows"], "sync_subscribers": batch["csv_rows"], "sync_seconds": round(wall, 2),
-            "sync_rate": round(batch["rows"] / wall), "sync_peak_rss_mb": round(rss, 1)}
+    return {
+        "sync_rows": batch["rows"],
+        "sync_subscribers": batch["csv_rows"],
+        "sync_seconds": round(wall, 2),
+        "sync_rate": round(batch["rows"] / wall),
+        "sync_peak_rss_mb": round(rss, 1),
+    }
 
 
 def main() -> None:
@@ -200,14 +228,21 @@ def main() -> None:
     parser.add_argument("--skip-sync", action="store_true")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                               f"{platform.python_version()}", "latency_ms": args.latency_ms}
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "latency_ms": args.latency_ms,
+    }
     with tempfile.TemporaryDirectory(prefix="mcnotify-bench-") as tmp:
         results.update(bench_send(args, Path(tmp)))
         if not args.skip_sync:
             results.update(bench_sync(args, Path(tmp)))
-    targets = {"send_rate": (">=", 10_000), "speedup": (">=", 100), "sync_rate": (">=", 50_000),
-               "sync_peak_rss_mb": ("<=", 200), "run_all_idle_seconds": ("<=", 0.6)}
+    targets = {
+        "send_rate": (">=", 10_000),
+        "speedup": (">=", 100),
+        "sync_rate": (">=", 50_000),
+        "sync_peak_rss_mb": ("<=", 200),
+        "run_all_idle_seconds": ("<=", 0.6),
+    }
     print(f"\nmcnotify benchmark ({results['machine']}, {args.latency_ms:g} ms MC latency)")
     print(f"{'figure':<28}{'measured':>14}  {'target':>10}  ok")
     for key, value in results.items():

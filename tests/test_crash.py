@@ -43,8 +43,11 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates(env: Env, app_db: A
     for trial in range(TRIALS):
         prefix = f"t{trial}"
         state = env.tmp / f"state-{trial}" / "state.db"
-        config = env.write(state={"path": str(state)}, email={"message_key_prefix": prefix, "batch_size": 50,
-                                                               "concurrency": 2}, sms={"batch_size": 50})
+        config = env.write(
+            state={"path": str(state)},
+            email={"message_key_prefix": prefix, "batch_size": 50, "concurrency": 2},
+            sms={"batch_size": 50},
+        )
         command = [sys.executable, "-m", "mcnotify", "-q", "--config", str(config), "run-all"]
         # Kill moments spread over the whole run (about 3 s), two kills per trial.
         for kill_at in (0.3 + trial * 0.3 + rng.random() * 0.2, 0.2 + rng.random() * 1.5):

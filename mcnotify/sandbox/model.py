@@ -136,7 +136,7 @@ class Account:
                     if fault.remaining == 0:
                         self.faults.remove(fault)
                     return fault.kind
-            if self.settings.fault_rate and path != "/v2/token" and self.random.random() < self.settings.fault_rate:
+            if self.settings.fault_rate and self.random.random() < self.settings.fault_rate:
                 return self.random.choice(self.settings.fault_kinds)
         return None
 
