@@ -57,15 +57,24 @@ def main_options(
     config: Annotated[Path, typer.Option("--config", "-c", envvar="MCNOTIFY_CONFIG", help="Config file.")] = (
         DEFAULT_CONFIG_PATH
     ),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+    show_contacts: Annotated[
+        bool, typer.Option("--show-contacts", help="Do not mask emails and phone numbers in logs.")
+    ] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
 ) -> None:
+    from rich.logging import RichHandler
+
+    from mcnotify import logs
+
     _state["config"], _state["quiet"] = config, quiet
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("paramiko", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    terminal = RichHandler(console=err, show_path=False, show_level=False, markup=False, rich_tracebacks=False)
+    _state["redactor"] = logs.setup(
+        level, json_lines=log_json, mask_contacts=not show_contacts, terminal_handler=terminal, stream=sys.stderr
+    )
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -91,20 +100,22 @@ def _guard(fn: Callable[[], T]) -> T:
 
 def _settings() -> Settings:
     settings = _guard(lambda: load(Path(_state["config"])))
-    _state["secrets"] = settings.secrets
+    _use_secrets(settings)
     return settings
 
 
-def _progress(line: str) -> None:
-    if not _state["quiet"]:
-        err.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}", markup=True, highlight=False)
+def _use_secrets(settings: Settings) -> None:
+    from mcnotify import logs
+
+    _state["secrets"] = settings.secrets
+    logs.set_secrets(_state.get("redactor"), settings.secrets)
 
 
 def _run(command: str, action: Callable[[Context], T], dry_run: bool) -> T:
     from mcnotify.runner import execute
 
     settings = _settings()
-    return _guard(lambda: execute(settings, command, action, dry_run=dry_run, progress=_progress))
+    return _guard(lambda: execute(settings, command, action, dry_run=dry_run))
 
 
 # -- rendering ------------------------------------------------------------------------------------------------
@@ -289,19 +300,161 @@ def render_status(data: dict[str, Any]) -> None:
 def status(json_out: JsonOut = False, limit: Annotated[int, typer.Option(help="How many batches.")] = 10) -> None:
     """Recent batches with each step's state, counts and durations."""
     from mcnotify import report
-    from mcnotify.runner import open_context
 
-    settings = _settings()
-
-    def build() -> dict[str, Any]:
-        with open_context(settings, dry_run=True, lock=False) as ctx:
-            return report.status(ctx.store, limit)
-
-    data = _guard(build)
+    data = _read_only(lambda ctx: report.status(ctx.store, limit))
     if json_out:
         out.print_json(json.dumps(data, default=str))
     else:
         render_status(data)
+
+
+def _read_only(build: Callable[[Context], T]) -> T:
+    """Run a view against the state without taking the lock or recording a run."""
+    from mcnotify.runner import open_context
+
+    settings = _settings()
+
+    def go() -> T:
+        with open_context(settings, dry_run=True, lock=False) as ctx:
+            return build(ctx)
+
+    return _guard(go)
+
+
+@app.command()
+def history(
+    json_out: JsonOut = False,
+    step: Annotated[str | None, typer.Option(help="Only this command, e.g. run-all or send-email.")] = None,
+    result: Annotated[str | None, typer.Option(help="ok, failed, temporary or running.")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+) -> None:
+    """Recent runs, newest first: command, host, start, duration, exit code, counts, error."""
+    if result not in (None, "ok", "failed", "temporary", "running"):
+        _fail("--result must be ok, failed, temporary or running", 2)
+    runs = _read_only(lambda ctx: ctx.store.runs(limit=limit, command=step, result=result))
+    for run in runs:
+        run["counts"] = json.loads(run["counts"]) if run["counts"] else {}
+    if json_out:
+        out.print_json(json.dumps(runs))
+        return
+    table = Table("run", "command", "host", "pid", "started", "took", "exit", "counts", "error", title="runs")
+    for r in runs:
+        took = None if r["finished_at"] is None else r["finished_at"] - r["started_at"]
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if k != "seconds" and v)
+        table.add_row(
+            str(r["id"]),
+            r["command"],
+            r["host"],
+            str(r["pid"]),
+            _when(r["started_at"]),
+            _secs(took),
+            "running" if r["exit_code"] is None else str(r["exit_code"]),
+            counts,
+            r["error"] or "",
+        )
+    out.print(table)
+
+
+def _gantt(steps: dict[str, dict[str, Any]], width: int = 50) -> list[tuple[str, str, str]]:
+    """One bar per step on a shared time axis: the batch's Gantt chart."""
+    spans = [(n, s["started_at"], s["finished_at"] or time.time()) for n, s in steps.items() if s["started_at"]]
+    if not spans:
+        return []
+    first, last = min(s[1] for s in spans), max(s[2] for s in spans)
+    scale = width / max(last - first, 1e-9)
+    rows = []
+    for name, start, end in spans:
+        lead = int((start - first) * scale)
+        size = max(1, round((end - start) * scale))
+        rows.append((name, " " * lead + "█" * min(size, width - lead), _secs(end - start)))
+    return rows
+
+
+@app.command()
+def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: JsonOut = False) -> None:
+    """One batch: its steps on a timeline, the import's counts, sent/failed/invalid per channel, first errors."""
+    from mcnotify import report
+
+    view = _read_only(lambda ctx: report.batch_view(ctx.store, batch))
+    if view is None:
+        _fail(f"no batch {batch}", 1)
+    if json_out:
+        out.print_json(json.dumps(view, default=str))
+        return
+    imp = view["import"]
+    out.print(
+        f"batch {view['batch']} · {view['status']} · created {_when(view['created_at'])} · {view['rows']} rows, "
+        f"{view['invalid']} invalid, {view['conflicts']} key conflicts, {view['csv_rows']} subscribers uploaded",
+        markup=False,
+    )
+    out.print(
+        f"import: {imp['status'] or '-'} task {imp['task_id'] or '-'} · total {imp['total']}, ok {imp['ok']}, "
+        f"rejected {imp['errors']}, duplicates {imp['duplicates']}",
+        markup=False,
+    )
+    timeline = Table("step", "timeline", "took", "status", "detail", title="steps")
+    bars = {name: (bar, took) for name, bar, took in _gantt(view["steps"])}
+    for name, step_view in view["steps"].items():
+        bar, took = bars.get(name, ("", "-"))
+        timeline.add_row(name, bar, took, step_view["status"], step_view["detail"] or "")
+    out.print(timeline)
+    for channel, counts in view["channels"].items():
+        out.print(f"{channel}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), markup=False)
+    for e in view["errors"]:
+        out.print(
+            f"  {e['channel']} {e['notification_id']}: {e['status']} {e['error_code'] or ''} {e['reason'] or ''}",
+            markup=False,
+        )
+
+
+@app.command()
+def retry(
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
+    channel: Annotated[str | None, typer.Option(help="email or sms; both when omitted.")] = None,
+) -> None:
+    """Put a batch's failed notifications back to pending (never touches sent or unknown ones)."""
+    from mcnotify.steps import repair
+
+    if channel not in (None, "email", "sms"):
+        _fail("--channel must be email or sms", 2)
+    result = _run("retry", lambda ctx: repair.retry(ctx, batch, channel), False)
+    out.print(f"retry: batch {result.batch_id}: {result.note}")
+
+
+@app.command()
+def skip(
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
+    reason: Annotated[str, typer.Option(help="Why; kept with every skipped notification.")],
+) -> None:
+    """Mark a stuck batch done: what it has not sent is marked skipped with the reason."""
+    from mcnotify.steps import repair
+
+    result = _run("skip", lambda ctx: repair.skip(ctx, batch, reason), False)
+    out.print(f"skip: {result.note}")
+
+
+@app.command()
+def doctor() -> None:
+    """Check the config, the state file, MySQL, SFTP, the MC token and the templates' definitions."""
+    from mcnotify import doctor as doc
+    from mcnotify.runner import open_context
+
+    settings = _settings()
+
+    def go() -> list[doc.Check]:
+        with open_context(settings, lock=False) as ctx:
+            return doc.checks(ctx)
+
+    results = _guard(go)
+    for c in results:
+        mark = "[green]ok[/green]    " if c.ok else "[red]failed[/red]"
+        out.print(
+            f"{mark} {c.name}: "
+            + scrub(c.detail, settings.secrets).replace("[", "\\[")
+            + ("" if c.ok else f" → {c.hint}")
+        )
+    if not all(c.ok for c in results):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @config_app.command("check")
@@ -377,15 +530,15 @@ def demo() -> None:
             f"[bold]mcnotify demo[/bold] in {workdir}: {rows} notifications in a SQLite source, sandbox MC on {box.url}"
         )
         settings = _guard(lambda: load(config_path))
-        _state["secrets"] = settings.secrets
-        result = _guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx), progress=_progress))
+        _use_secrets(settings)
+        result = _guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx)))
         for s in result.syncs:
             _render_sync(s, False)
         for w in result.waits:
             _render_wait(w)
         for r in result.sends:
             _render_send(r, False)
-        again = _guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx), progress=_progress))
+        again = _guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx)))
         resent = sum(r.sent for r in again.sends)
         out.print(f"second run-all: {resent} sent (nothing is ever sent twice)")
         with open_context(settings, lock=False) as ctx:

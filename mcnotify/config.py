@@ -135,6 +135,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
+SCHEMA["alerts"] = {
+    "slack_webhook": Key(str, secret=True, check=check_https_url),
+    "ping_url": Key(str, check=check_https_url),
+    "smtp_host": Key(str),
+    "smtp_port": Key(int, 587, check=_between(1, 65535)),
+    "smtp_security": Key(str, "starttls", check=_one_of("starttls", "ssl", "none")),
+    "smtp_username": Key(str),
+    "smtp_password": Key(str, secret=True),
+    "smtp_from": Key(str, "mcnotify@localhost"),
+    "smtp_to": Key(str),
+    "on_recovery": Key(bool, False),
+    "timeout": Key(float, 10.0, check=_between(0.1, 300)),
+}
+SCHEMA["metrics"] = {"textfile": Key(str)}
+
 TEMPLATE_SCHEMA: dict[str, Key] = {
     "channel": Key(str, required=True, check=_one_of("email", "sms")),
     "definition_key": Key(str, required=True),
@@ -188,6 +203,12 @@ def redact_url(url: str) -> str:
 
 
 def _coerce(raw: Any, want: type, where: str) -> Any:
+    if want is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return raw.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where} must be true or false, got {raw!r}")
     if want is float and isinstance(raw, int | float) and not isinstance(raw, bool):
         return float(raw)
     if isinstance(raw, want) and not (want is int and isinstance(raw, bool)):
@@ -197,7 +218,7 @@ def _coerce(raw: Any, want: type, where: str) -> Any:
             return want(raw)
         except ValueError:
             pass
-    name = {str: "a string", int: "a whole number", float: "a number"}[want]
+    name = {str: "a string", int: "a whole number", float: "a number"}.get(want, want.__name__)
     raise ConfigError(f"{where} must be {name}, got {raw!r}")
 
 
@@ -287,6 +308,9 @@ def parse(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None, path
         raise ConfigError("[import] definition_key is required when mode = 'import-definition'")
     if not sftp["password"] and not sftp["key_file"]:
         raise ConfigError("[sftp] needs key_file or password")
+    smtp_host, security = values["alerts"]["smtp_host"], values["alerts"]["smtp_security"]
+    if smtp_host and security == "none" and not is_loopback(smtp_host):
+        raise ConfigError("[alerts] smtp_security = 'none' is only allowed for a loopback smtp_host")
     if any(c in sftp["file_name"] for c in '\\/:*<>|?"'):
         raise ConfigError('[sftp] file_name may not contain \\ / : * < > | ? " (MC SFTP rule)')
     if "%(after)s" not in values["source"]["query"] or "%(limit)s" not in values["source"]["query"]:

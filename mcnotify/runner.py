@@ -6,11 +6,13 @@ A dry run opens no lock, records no run and, when no state file exists yet, work
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from mcnotify import hooks
 from mcnotify.config import Settings
 from mcnotify.errors import McnotifyError
 from mcnotify.redact import scrub
@@ -61,16 +63,24 @@ def execute(
         if dry_run:
             return action(ctx)
         run_id = ctx.store.run_started(command)
+        hooks.run_started(settings, command)
         started = time.monotonic()
         try:
             result = action(ctx)
-        except McnotifyError as exc:
-            ctx.store.run_finished(run_id, exc.exit_code, scrub(str(exc), settings.secrets), {})
-            raise
         except BaseException as exc:
-            ctx.store.run_finished(run_id, 1, scrub(f"{type(exc).__name__}: {exc}", settings.secrets), {})
+            code = exc.exit_code if isinstance(exc, McnotifyError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
+            text = str(exc) if isinstance(exc, McnotifyError) else f"{type(exc).__name__}: {exc}"
+            _finish(ctx, run_id, command, code, scrub(text, settings.secrets), {})
             raise
         counts = _counts(result)
         counts["seconds"] = round(time.monotonic() - started, 3)
-        ctx.store.run_finished(run_id, 0, None, counts)
+        _finish(ctx, run_id, command, 0, None, counts)
         return result
+
+
+def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | None, counts: dict[str, Any]) -> None:
+    ctx.store.run_finished(run_id, code, error, counts)
+    try:
+        hooks.run_finished(ctx.settings, ctx.store, command, code, error)
+    except Exception:  # hooks guard themselves; this is the last line of defence
+        logging.getLogger(__name__).warning("monitoring hooks failed", exc_info=True)

@@ -20,6 +20,7 @@ DOC = "https://developer.salesforce.com/docs/atlas.en-us.mc-apis.meta/mc-apis/er
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 TRIGGERED = re.compile(r"^/messaging/v1/messageDefinitionSends/key:([^/]+)/send$")
 MESSAGES = re.compile(r"^/messaging/v1/(email|sms)/messages/?([^/]*)$")
+DEFINITIONS = re.compile(r"^/messaging/v1/(email|sms)/definitions/([^/]+)$")
 
 
 class SandboxServer(ThreadingHTTPServer):
@@ -161,6 +162,9 @@ class Handler(BaseHTTPRequestHandler):
         elif (m := TRIGGERED.match(path)) and method == "POST":
             if self._authorized():
                 self._triggered(unquote(m.group(1)), body)
+        elif (m := DEFINITIONS.match(path)) and method == "GET":
+            if self._authorized():
+                self._definition(m.group(1), unquote(m.group(2)))
         elif m := MESSAGES.match(path):
             if not self._authorized():
                 return
@@ -322,6 +326,13 @@ class Handler(BaseHTTPRequestHandler):
                 f"MCMS_UTM_Validation_InvalidValue_subscriberKey: {mismatch[1]}",
             )
         return None
+
+    def _definition(self, channel: str, key: str) -> None:
+        known = self.account.settings.email_definitions if channel == "email" else self.account.settings.sms_definitions
+        if key not in known:
+            self._error(404, 30003, "MCMS_UTM_Runtime_ObjectNotFound")
+            return
+        self._send(200, {"definitionKey": key, "name": key, "status": "Active"})
 
     def _status(self, channel: str, key: str) -> None:
         found = [m for m in self.account.snapshot()["accepted"] if m.get("messageKey") == key]

@@ -82,5 +82,6 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX notifications_subscriber ON notifications (batch_id, channel, subscriber_key, seq);
     CREATE INDEX notifications_send ON notifications (batch_id, channel, template, status, seq);
+    CREATE INDEX runs_command ON runs (command, id);
     """,
 ]

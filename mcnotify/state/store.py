@@ -424,5 +424,36 @@ class StateStore:
             (time.time(), exit_code, error, json.dumps(counts), run_id),
         )
 
-    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+    def runs(self, limit: int = 20, command: str | None = None, result: str | None = None) -> list[dict[str, Any]]:
+        """Newest first. `result`: ok (0), temporary (75), failed (anything else), running (not finished)."""
+        sql, args = "SELECT * FROM runs WHERE 1 = 1", list[Any]()
+        if command:
+            sql += " AND command = ?"
+            args.append(command)
+        if result == "ok":
+            sql += " AND exit_code = 0"
+        elif result == "temporary":
+            sql += " AND exit_code = 75"
+        elif result == "failed":
+            sql += " AND exit_code NOT IN (0, 75)"
+        elif result == "running":
+            sql += " AND exit_code IS NULL"
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self.conn.execute(sql, args)]
+
+    def last_runs(self) -> list[dict[str, Any]]:
+        """Per command: its last run's exit code and duration, and when it last succeeded."""
+        return [
+            dict(r)
+            for r in self.conn.execute(
+                "SELECT command,"
+                " (SELECT MAX(finished_at) FROM runs s WHERE s.command = r.command AND s.exit_code = 0)"
+                "   AS last_success,"
+                " (SELECT exit_code FROM runs l WHERE l.command = r.command AND l.finished_at IS NOT NULL"
+                "   ORDER BY l.id DESC LIMIT 1) AS exit_code,"
+                " (SELECT finished_at - started_at FROM runs l WHERE l.command = r.command"
+                "   AND l.finished_at IS NOT NULL ORDER BY l.id DESC LIMIT 1) AS duration"
+                " FROM runs r GROUP BY command ORDER BY command"
+            )
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,15 +15,15 @@ if TYPE_CHECKING:
     from mcnotify.mc.client import McClient
 
 
-def _quiet(_: str) -> None:
-    pass
+def _log(line: str) -> None:
+    logging.getLogger("mcnotify").info(line)
 
 
 @dataclass
 class Context:
     settings: Settings
     store: StateStore
-    progress: Callable[[str], None] = _quiet
+    progress: Callable[[str], None] = _log
     sleep: Callable[[float], None] = time.sleep
     _client: McClient | None = field(default=None, repr=False)
 

@@ -1,0 +1,91 @@
+"""`mcnotify doctor`: check each dependency in turn and say what to do about a failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from mcnotify.errors import McnotifyError
+from mcnotify.steps import Context
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def _run(name: str, hint: str, fn: Callable[[], str]) -> Check:
+    try:
+        return Check(name, True, fn())
+    except McnotifyError as exc:
+        return Check(name, False, str(exc), hint)
+    except Exception as exc:
+        return Check(name, False, f"{type(exc).__name__}: {exc}", hint)
+
+
+def checks(ctx: Context) -> list[Check]:
+    settings = ctx.settings
+    results = [Check("config", True, f"{settings.path} is valid")]
+
+    def state() -> str:
+        ctx.store.conn.execute("BEGIN IMMEDIATE")
+        ctx.store.conn.execute("ROLLBACK")
+        return f"{ctx.store.path} is writable"
+
+    results.append(_run("state", "check the [state] path's folder exists and belongs to this user", state))
+
+    def source() -> str:
+        from mcnotify.source import open_source
+
+        src = open_source(settings.section("source"))
+        try:
+            next(iter(src.rows(-1, 0)), None)
+        finally:
+            src.close()
+        return "connected; the query runs and returns the required columns"
+
+    results.append(_run("source", "check [source] url, password and query", source))
+
+    def sftp_login() -> str:
+        from mcnotify.mc import sftp
+
+        return "host key verified, logged in, " + sftp.check_login(settings.section("sftp"))
+
+    results.append(_run("sftp", "check [sftp] host, credentials and known_hosts", sftp_login))
+    token = _run(
+        "mc token",
+        "check [marketing_cloud] auth_url, client_id and client_secret",
+        lambda: f"token for {ctx.mc().tokens.get().rest_url}",
+    )
+    results.append(token)
+    if not token.ok:
+        return results
+    for template in settings.templates.values():
+        if template.channel == "email" and settings.section("email")["api"] == "triggered-send":
+            results.append(Check(f"template {template.name}", True, "triggered send definitions are not checked"))
+            continue
+        path = f"messaging/v1/{template.channel}/definitions/{quote(template.definition_key, safe='')}"
+
+        def definition(path: str = path) -> str:
+            reply = ctx.mc().call("GET", path)
+            if reply.status == 404:
+                raise McnotifyError("MC has no such definition")
+            if reply.status >= 300:
+                raise McnotifyError(f"MC answered HTTP {reply.status}")
+            status = reply.body.get("status", "?") if isinstance(reply.body, dict) else "?"
+            if status != "Active":
+                raise McnotifyError(f"definition status is {status}, not Active")
+            return "Active"
+
+        results.append(
+            _run(
+                f"template {template.name}",
+                f"create or activate the {template.channel} definition {template.definition_key!r}",
+                definition,
+            )
+        )
+    return results

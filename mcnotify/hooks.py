@@ -1,0 +1,144 @@
+"""Monitoring hooks: alerts (Slack, e-mail, healthchecks-style ping) and Prometheus textfile metrics.
+
+Like borgmatic's hooks, none of them may fail a run: every problem is logged as a warning and swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import socket
+import ssl
+import tempfile
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from mcnotify.config import Settings
+from mcnotify.errors import EXIT_OK, EXIT_TEMPORARY
+from mcnotify.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:  # a hook never fails the run
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+
+def _post(url: str, timeout: float, json: Any = None) -> None:
+    import requests
+
+    resp = requests.post(url, json=json, timeout=timeout)
+    resp.raise_for_status()
+
+
+def _ping(settings: Settings, suffix: str) -> None:
+    alerts = settings.section("alerts")
+    if alerts["ping_url"]:
+        url = alerts["ping_url"].rstrip("/") + suffix
+        _guarded("healthchecks ping", lambda: _post(url, alerts["timeout"]))
+
+
+def _email(settings: Settings, subject: str, body: str) -> None:
+    a = settings.section("alerts")
+    message = EmailMessage()
+    message["Subject"], message["From"] = subject, a["smtp_from"]
+    message["To"] = ", ".join(t.strip() for t in a["smtp_to"].split(",") if t.strip())
+    message.set_content(body)
+    if a["smtp_security"] == "ssl":
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+            a["smtp_host"], a["smtp_port"], timeout=a["timeout"], context=ssl.create_default_context()
+        )
+    else:
+        smtp = smtplib.SMTP(a["smtp_host"], a["smtp_port"], timeout=a["timeout"])
+    with smtp:
+        if a["smtp_security"] == "starttls":
+            smtp.starttls(context=ssl.create_default_context())
+        if a["smtp_username"]:
+            smtp.login(a["smtp_username"], a["smtp_password"] or "")
+        smtp.send_message(message)
+
+
+def alert(settings: Settings, subject: str, body: str) -> None:
+    a = settings.section("alerts")
+    if a["slack_webhook"]:
+        _guarded("Slack alert", lambda: _post(a["slack_webhook"], a["timeout"], {"text": f"*{subject}*\n{body}"}))
+    if a["smtp_host"] and a["smtp_to"]:
+        _guarded("e-mail alert", lambda: _email(settings, subject, body))
+
+
+def run_started(settings: Settings, command: str) -> None:
+    _ping(settings, "/start")
+
+
+def run_finished(settings: Settings, store: StateStore, command: str, exit_code: int, error: str | None) -> None:
+    host = socket.gethostname()
+    if exit_code in (EXIT_OK, EXIT_TEMPORARY):
+        _ping(settings, "")
+        previous = store.runs(limit=2, command=command)
+        failed_before = len(previous) == 2 and previous[1]["exit_code"] not in (None, EXIT_OK, EXIT_TEMPORARY)
+        if failed_before and settings.section("alerts")["on_recovery"]:
+            alert(settings, f"mcnotify {command} recovered on {host}", "The last run succeeded again.")
+    else:
+        _ping(settings, "/fail")
+        alert(settings, f"mcnotify {command} failed on {host}", f"exit code {exit_code}: {error or 'no message'}")
+    path = settings.section("metrics")["textfile"]
+    if path:
+        _guarded("metrics textfile", lambda: write_metrics(store, Path(path)))
+
+
+def metrics_text(store: StateStore) -> str:
+    lines = [
+        "# HELP mcnotify_last_success_timestamp_seconds Unix time the step last finished successfully.",
+        "# TYPE mcnotify_last_success_timestamp_seconds gauge",
+    ]
+    last = store.last_runs()
+    lines += [
+        f'mcnotify_last_success_timestamp_seconds{{step="{r["command"]}"}} {r["last_success"]:.3f}'
+        for r in last
+        if r["last_success"] is not None
+    ]
+    lines += [
+        "# HELP mcnotify_last_run_duration_seconds How long the step's last run took.",
+        "# TYPE mcnotify_last_run_duration_seconds gauge",
+    ]
+    lines += [
+        f'mcnotify_last_run_duration_seconds{{step="{r["command"]}"}} {r["duration"]:.3f}'
+        for r in last
+        if r["duration"] is not None
+    ]
+    lines += [
+        "# HELP mcnotify_last_run_exit_code Exit code of the step's last run.",
+        "# TYPE mcnotify_last_run_exit_code gauge",
+    ]
+    lines += [
+        f'mcnotify_last_run_exit_code{{step="{r["command"]}"}} {r["exit_code"]}'
+        for r in last
+        if r["exit_code"] is not None
+    ]
+    lines += [
+        "# HELP mcnotify_messages Notifications by channel and result, over the whole state file.",
+        "# TYPE mcnotify_messages gauge",
+    ]
+    for (channel, status), n in sorted(store.counts().items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        lines.append(f'mcnotify_messages{{channel="{channel or "none"}",result="{status}"}} {n}')
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(store: StateStore, path: Path) -> None:
+    """Atomically: the node exporter must never read half a file."""
+    text = metrics_text(store)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,59 @@
+"""retry and skip: an operator's two levers on a batch. Neither can cause a second send of an accepted message:
+`sent` and `unknown` notifications are never touched, and transactional keys stay the same."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mcnotify.errors import McnotifyError
+from mcnotify.steps import Context
+
+
+@dataclass
+class RepairReport:
+    batch_id: int
+    changed: int
+    note: str
+
+
+def retry(ctx: Context, batch_id: int, channel: str | None = None) -> RepairReport:
+    """Put the batch's failed notifications back to pending; a failed import is uploaded and run again."""
+    store = ctx.store
+    batch = store.batch(batch_id)
+    if batch is None:
+        raise McnotifyError(f"no batch {batch_id}")
+    channels = (channel,) if channel else ("email", "sms")
+    with store.transaction():
+        cur = store.conn.execute(
+            "UPDATE notifications SET status = 'pending', error_code = NULL, reason = NULL, updated_at = ?"
+            f" WHERE batch_id = ? AND status = 'failed' AND channel IN ({','.join('?' * len(channels))})",
+            (time.time(), batch_id, *channels),
+        )
+        changed = cur.rowcount
+        note = f"{changed} failed notification(s) back to pending"
+        if batch.import_status == "Error" and "email" in channels:
+            store.update_batch(batch_id, status="claimed", import_status=None, import_task_id=None)
+            note += "; the failed import will be uploaded and started again by the next sync"
+        elif changed and batch.status == "done":
+            store.update_batch(batch_id, status="imported")
+    return RepairReport(batch_id, changed, note)
+
+
+def skip(ctx: Context, batch_id: int, reason: str) -> RepairReport:
+    """Give up on a stuck batch: what was not sent is marked skipped with the reason, and the batch done."""
+    store = ctx.store
+    batch = store.batch(batch_id)
+    if batch is None:
+        raise McnotifyError(f"no batch {batch_id}")
+    if not reason.strip():
+        raise McnotifyError("skip needs a --reason")
+    with store.transaction():
+        cur = store.conn.execute(
+            "UPDATE notifications SET status = 'skipped', reason = ?, updated_at = ?"
+            " WHERE batch_id = ? AND status IN ('pending', 'sending')",
+            (f"skipped by an operator: {reason}", time.time(), batch_id),
+        )
+        store.update_batch(batch_id, status="done")
+        store.step_finished(batch_id, "skip", "done", reason)
+    return RepairReport(batch_id, cur.rowcount, f"{cur.rowcount} notification(s) skipped; batch {batch_id} done")
