@@ -457,6 +457,17 @@ def doctor() -> None:
         raise typer.Exit(EXIT_FAILURE)
 
 
+@app.command()
+def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit that failed.")]) -> None:
+    """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=)."""
+    import socket
+
+    from mcnotify import hooks
+
+    settings = _settings()
+    hooks.alert(settings, f"{unit} failed on {socket.gethostname()}", f"See: journalctl -u {unit}")
+
+
 @config_app.command("check")
 def config_check(json_out: JsonOut = False) -> None:
     """Validate the config and print it with secrets redacted."""
