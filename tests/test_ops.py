@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -27,7 +27,7 @@ def demo(tmp_path: Path) -> Iterator[tuple[Sandbox, Path]]:
 
 
 class Catcher(BaseHTTPRequestHandler):
-    seen: list[tuple[str, bytes]] = []
+    seen: ClassVar[list[tuple[str, bytes]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -44,7 +44,7 @@ class Catcher(BaseHTTPRequestHandler):
 class SmtpHandler(socketserver.StreamRequestHandler):
     """Just enough SMTP to receive one message."""
 
-    messages: list[str] = []
+    messages: ClassVar[list[str]] = []
 
     def handle(self) -> None:
         self.wfile.write(b"220 test ESMTP\r\n")
