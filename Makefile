@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench dist dist-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,17 @@ lint: $(STAMP)
 bench: $(STAMP)
 	test -f bench/run.py && $(BIN)/python bench/run.py
 
+# One executable file: the package and its dependencies in a zipapp (shiv). It unpacks itself once into
+# $$SHIV_ROOT (default ~/.shiv; the systemd units set it to the unit's CacheDirectory).
+dist: $(STAMP)
+	rm -rf dist build
+	mkdir -p dist
+	$(BIN)/shiv --reproducible --compressed -q -e mcnotify.cli:main -p '/usr/bin/env python3' -o dist/mcnotify .
+	@ls -l dist/mcnotify
+
+# CI: the built file runs, and previews a real pipeline.
+dist-check: dist
+	sh scripts/dist_check.sh dist/mcnotify $(BIN)/python
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
