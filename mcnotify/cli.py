@@ -434,6 +434,47 @@ def skip(
 
 
 @app.command()
+def invalid(
+    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write them to this CSV file instead.")] = None,
+    json_out: JsonOut = False,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100_000,
+) -> None:
+    """List quarantined contacts with the reason, so the app team can fix their data."""
+    from mcnotify import report
+
+    rows = _read_only(lambda ctx: ctx.store.invalid_rows(batch, limit))
+    if csv_path is not None:
+
+        def write() -> int:
+            with csv_path.open("w", encoding="utf-8", newline="") as f:
+                return report.write_invalid_csv(rows, f)
+
+        try:
+            count = write()
+        except OSError as exc:
+            _fail(f"cannot write {csv_path}: {exc.strerror}", EXIT_FAILURE)
+        out.print(f"invalid: {count} quarantined contact(s) written to {csv_path}", markup=False)
+        return
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(
+        "batch",
+        "notification",
+        "template",
+        "channel",
+        "subscriber",
+        "contact",
+        "reason",
+        title=f"{len(rows)} quarantined contact(s)",
+    )
+    for r in rows:
+        table.add_row(*(str(r[c]) if r[c] is not None else "" for c in report.INVALID_COLUMNS))
+    out.print(table)
+
+
+@app.command()
 def doctor() -> None:
     """Check the config, the state file, MySQL, SFTP, the MC token and the templates' definitions."""
     from mcnotify import doctor as doc
@@ -578,6 +619,12 @@ def demo() -> None:
 
 
 def main() -> None:
+    import signal
+
+    from mcnotify.steps import request_stop
+
+    # systemd stop: finish the request in flight, record it, exit promptly (exit code 143).
+    signal.signal(signal.SIGTERM, lambda signum, frame: request_stop())
     app(prog_name="mcnotify")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
 import os
 import string
 import tomllib
@@ -339,4 +340,29 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse(raw, environ, path)
+    settings = parse(raw, environ, path)
+    _warn_if_exposed(path, raw)
+    return settings
+
+
+def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
+    """Secrets written into a file that others can read deserve a warning (use *_file keys or chmod 600)."""
+    inline = [
+        f"[{sec}] {key}"
+        for sec, keys in SCHEMA.items()
+        for key, spec in keys.items()
+        if spec.secret and isinstance(raw.get(sec), Mapping) and raw[sec].get(key)
+    ]
+    url = raw.get("source", {}).get("url", "") if isinstance(raw.get("source"), Mapping) else ""
+    if isinstance(url, str) and urlsplit(url).password:
+        inline.append("[source] url (password)")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if inline and mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "config %s holds secrets (%s) and is readable by other users: chmod 600 it, or use *_file keys",
+            path,
+            ", ".join(inline),
+        )

@@ -32,6 +32,12 @@ class ImportPending(TemporaryError):
     pass
 
 
+class Stopped(McnotifyError):
+    """SIGTERM (systemd stop): in-flight work was finished and recorded; the next run resumes."""
+
+    exit_code = 143
+
+
 class ServiceUnavailable(McnotifyError):
     """Connection-level failure to MySQL, SFTP or MC that retries did not cure."""
 

@@ -71,3 +71,23 @@ def status(store: StateStore, limit: int = 10) -> dict[str, Any]:
             {k: r[k] for k in ("id", "command", "started_at", "finished_at", "exit_code", "error")} for r in runs
         ],
     }
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+INVALID_COLUMNS = ("batch_id", "notification_id", "template", "channel", "subscriber_key", "raw_contact", "reason")
+
+
+def spreadsheet_safe(value: Any) -> str:
+    """A cell a spreadsheet will not run as a formula (OWASP CSV injection advice: prefix a quote)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def write_invalid_csv(rows: list[dict[str, Any]], out: Any) -> int:
+    import csv
+
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(INVALID_COLUMNS)
+    for row in rows:
+        writer.writerow([spreadsheet_safe(row[c]) for c in INVALID_COLUMNS])
+    return len(rows)

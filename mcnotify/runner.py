@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,12 +62,12 @@ def execute(
 ) -> T:
     with open_context(settings, dry_run=dry_run, progress=progress) as ctx:
         if dry_run:
-            return action(ctx)
+            return _state_errors(settings, lambda: action(ctx))
         run_id = ctx.store.run_started(command)
         hooks.run_started(settings, command)
         started = time.monotonic()
         try:
-            result = action(ctx)
+            result = _state_errors(settings, lambda: action(ctx))
         except BaseException as exc:
             code = exc.exit_code if isinstance(exc, McnotifyError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
             text = str(exc) if isinstance(exc, McnotifyError) else f"{type(exc).__name__}: {exc}"
@@ -76,6 +77,14 @@ def execute(
         counts["seconds"] = round(time.monotonic() - started, 3)
         _finish(ctx, run_id, command, 0, None, counts)
         return result
+
+
+def _state_errors(settings: Settings, fn: Callable[[], T]) -> T:
+    """SQLite failures (disk full, read-only, corrupt) as one clear line; the transaction was rolled back."""
+    try:
+        return fn()
+    except sqlite3.Error as exc:
+        raise McnotifyError(f"state file {settings.state_path}: {exc}; nothing recorded before it is lost") from None
 
 
 def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | None, counts: dict[str, Any]) -> None:

@@ -88,6 +88,7 @@ class Env:
         for name, body in sections.items():
             self.values.setdefault(name, {}).update(body)
         self.config.write_text(dump_toml(self.values))
+        self.config.chmod(0o600)  # it holds secrets
         return self.config
 
 

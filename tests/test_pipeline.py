@@ -295,7 +295,22 @@ def test_secrets_never_appear_in_output_or_state(env: Env, app_db: Any) -> None:
     outputs.append(run_cli(env.config, "sync").output)
     env.write(source={"url": env.mariadb.url.replace("@127.0.0.1", "@127.0.0.1:1/x?")})
     outputs.append(run_cli(env.config, "sync").output)
+    env.write(source={"url": env.mariadb.url.replace(env.mariadb.password, env.mariadb.password + "x")})
+    outputs.append(run_cli(env.config, "-v", "sync").output)
+    env.write(
+        marketing_cloud={"client_secret": env.sandbox.settings.client_secret + "x"},
+        source={"url": env.mariadb.url},
+        sftp={"known_hosts": str(env.sshd.known_hosts)},
+    )
+    app_db(event_rows(500, people(1, offset=70)))
+    with sqlite3.connect(env.state_path) as conn:
+        conn.execute("DELETE FROM token")  # so the wrong secret is actually sent
+    outputs.append(run_cli(env.config, "-v", "run-all").output)
+    outputs.append(run_cli(env.config, "doctor").output)
+    env.write(marketing_cloud={"client_secret": env.sandbox.settings.client_secret})
+    outputs.append(run_cli(env.config, "-v", "run-all").output)
     secrets = [env.mariadb.password, env.sandbox.settings.client_secret]
+    assert any("refused the client credentials" in text for text in outputs)
     with sqlite3.connect(env.state_path) as conn:
         dump = "\n".join(conn.iterdump())
         token = conn.execute("SELECT access_token FROM token").fetchone()[0]
@@ -304,3 +319,12 @@ def test_secrets_never_appear_in_output_or_state(env: Env, app_db: Any) -> None:
         assert all(secret not in text for text in outputs), secret
         assert secret not in dump_without_token
     assert all(token not in text for text in outputs)
+
+
+def test_config_readable_by_others_with_secrets_warns(env: Env, app_db: Any) -> None:
+    env.config.chmod(0o644)
+    result = run_cli(env.config, "config", "check")
+    assert result.exit_code == 0
+    assert "readable by other users" in result.output and env.mariadb.password not in result.output
+    env.config.chmod(0o600)
+    assert "readable by other users" not in run_cli(env.config, "config", "check").output

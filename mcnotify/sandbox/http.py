@@ -137,13 +137,24 @@ class Handler(BaseHTTPRequestHandler):
             return
         if fault == "slow":
             time.sleep(self.account.settings.slow_seconds)
-        swallow = fault == "accepted-then-500"
+        swallow = fault in ("accepted-then-500", "truncated")
         if swallow:
             self._send = self._swallowing_send  # type: ignore[method-assign]
         self._route(method, path, body)
-        if swallow:
-            del self._send
+        if not swallow:
+            return
+        del self._send
+        if fault == "accepted-then-500":
             self._error(500, 30000, "Internal Server Error")
+            return
+        # MC acted on it, but the reply breaks off half-way.
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "400")
+        self.end_headers()
+        self.wfile.write(b'{"requestId": "tru')
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
 
     def _swallowing_send(
         self,

@@ -20,8 +20,10 @@ class RunAllReport:
 def _chain(ctx: Context, report: RunAllReport, dry_run: bool, wait: bool) -> sync.SyncReport:
     synced = sync.run(ctx, dry_run=dry_run)
     report.syncs.append(synced)
+    ctx.check_stop()
     report.waits.append(wait_import.run(ctx, dry_run=dry_run, wait=wait))
     for channel in ("email", "sms"):
+        ctx.check_stop()
         report.sends.append(send.run(ctx, channel, dry_run=dry_run))
     return synced
 

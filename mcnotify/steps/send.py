@@ -108,7 +108,7 @@ def _run_pool(
         in_flight: set[cf.Future[list[Outcome]]] = set()
         job_iter = iter(jobs)
         while True:
-            while failure is None and len(in_flight) < throttle.limit:
+            while failure is None and not ctx.stopping and len(in_flight) < throttle.limit:
                 nxt = next(job_iter, None)
                 if nxt is None:
                     break
@@ -133,6 +133,7 @@ def _run_pool(
                 ctx.progress(f"send-{report.channel}: {report.sent} sent, {report.failed} failed")
     if failure is not None:
         raise failure
+    ctx.check_stop()
 
 
 def _flow(ctx: Context, channel: str) -> tuple[Throttle, RateLimiter]:

@@ -225,6 +225,7 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
                     store.set_meta(WATERMARK, _plain(top))
             if fresh:
                 ctx.progress(f"sync: claimed {report.new_rows} notifications into batch {batch_id}")
+            ctx.check_stop()
     finally:
         source.close()
     return batch_id

@@ -81,6 +81,7 @@ def _poll(ctx: Context, batch: Batch, wait: bool, deadline: float) -> ImportResu
             )
         ctx.progress(f"wait-import: batch {batch.id} import is {status}; checking again in {imp['poll_interval']:g} s")
         ctx.sleep(min(float(imp["poll_interval"]), max(0.0, deadline - time.monotonic())))
+        ctx.check_stop()
 
 
 def _fixed_delay(ctx: Context, batch: Batch, wait: bool) -> ImportResult | None:
@@ -91,6 +92,7 @@ def _fixed_delay(ctx: Context, batch: Batch, wait: bool) -> ImportResult | None:
             return None
         ctx.progress(f"wait-import: fixed-delay mode, waiting {remaining:.0f} s for batch {batch.id}")
         ctx.sleep(remaining)
+        ctx.check_stop()
     return ImportResult(batch.id, "assumed", waited=max(remaining, 0.0))
 
 
