@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcnotify.contacts import normalise_phone, validate_email
@@ -69,3 +69,26 @@ def test_bad_phones_are_invalid(raw: str | None) -> None:
 def test_validation_never_raises(raw: object) -> None:
     validate_email(raw)
     normalise_phone(raw, "TW")
+
+
+ascii_part = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="@"), max_size=70)
+domains = st.one_of(ascii_part, st.sampled_from(["example.com", "Example.COM", "x.co", "a-b.tw", "gmail.com.",
+                                                 "-bad.com", "b_c.org", "[1.2.3.4]", "localhost", "x.123"]))
+
+
+@settings(max_examples=1000)
+@given(ascii_part, domains)
+def test_fast_path_gives_email_validators_own_verdict(local: str, domain: str) -> None:
+    from mcnotify.contacts import full_verdict, library_verdict
+
+    address = f"{local}@{domain}"
+    assert library_verdict(address) == full_verdict(address)
+
+
+@pytest.mark.parametrize("address", ["Postmaster@Example.com", "a.@x.com", "a..b@x.com", '"q"@x.com',
+                                     "Name <a@b.com>", "a@" + "b" * 64 + ".com", "x" * 64 + "@" + "y" * 63 + ".com",
+                                     "ABUSE@example.org", "user+tag@sub.example.co.uk"])
+def test_fast_path_agrees_on_known_cases(address: str) -> None:
+    from mcnotify.contacts import full_verdict, library_verdict
+
+    assert library_verdict(address) == full_verdict(address)
