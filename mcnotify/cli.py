@@ -222,7 +222,10 @@ def run_all(dry_run: DryRun = False, no_wait: NoWait = False) -> None:
     """The whole chain: sync, wait-import, send-email, send-sms. Resumes whatever an earlier run left."""
     from mcnotify.steps import run_all as step
 
-    report = _run("run-all", lambda ctx: step.run(ctx, dry_run=dry_run, wait=not no_wait), dry_run)
+    _render_run_all(_run("run-all", lambda ctx: step.run(ctx, dry_run=dry_run, wait=not no_wait), dry_run), dry_run)
+
+
+def _render_run_all(report: Any, dry_run: bool) -> None:
     for s in report.syncs:
         _render_sync(s, dry_run)
     for w in report.waits:
@@ -583,13 +586,7 @@ def demo() -> None:
         )
         settings = _guard(lambda: load(config_path))
         _use_secrets(settings)
-        result = _guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx)))
-        for s in result.syncs:
-            _render_sync(s, False)
-        for w in result.waits:
-            _render_wait(w)
-        for r in result.sends:
-            _render_send(r, False)
+        _render_run_all(_guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx))), False)
         again = _guard(lambda: execute(settings, "run-all", lambda ctx: step.run(ctx)))
         resent = sum(r.sent for r in again.sends)
         out.print(f"second run-all: {resent} sent (nothing is ever sent twice)")

@@ -94,35 +94,23 @@ def run_finished(settings: Settings, store: StateStore, command: str, exit_code:
         _guarded("metrics textfile", lambda: write_metrics(store, Path(path)))
 
 
+RUN_GAUGES = (  # (metric, column of StateStore.last_runs, help)
+    ("mcnotify_last_success_timestamp_seconds", "last_success", "Unix time the step last finished successfully."),
+    ("mcnotify_last_run_duration_seconds", "duration", "How long the step's last run took."),
+    ("mcnotify_last_run_exit_code", "exit_code", "Exit code of the step's last run."),
+)
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
 def metrics_text(store: StateStore) -> str:
-    lines = [
-        "# HELP mcnotify_last_success_timestamp_seconds Unix time the step last finished successfully.",
-        "# TYPE mcnotify_last_success_timestamp_seconds gauge",
-    ]
     last = store.last_runs()
-    lines += [
-        f'mcnotify_last_success_timestamp_seconds{{step="{r["command"]}"}} {r["last_success"]:.3f}'
-        for r in last
-        if r["last_success"] is not None
-    ]
-    lines += [
-        "# HELP mcnotify_last_run_duration_seconds How long the step's last run took.",
-        "# TYPE mcnotify_last_run_duration_seconds gauge",
-    ]
-    lines += [
-        f'mcnotify_last_run_duration_seconds{{step="{r["command"]}"}} {r["duration"]:.3f}'
-        for r in last
-        if r["duration"] is not None
-    ]
-    lines += [
-        "# HELP mcnotify_last_run_exit_code Exit code of the step's last run.",
-        "# TYPE mcnotify_last_run_exit_code gauge",
-    ]
-    lines += [
-        f'mcnotify_last_run_exit_code{{step="{r["command"]}"}} {r["exit_code"]}'
-        for r in last
-        if r["exit_code"] is not None
-    ]
+    lines: list[str] = []
+    for metric, column, text in RUN_GAUGES:
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
+        lines += [f'{metric}{{step="{r["command"]}"}} {_number(r[column])}' for r in last if r[column] is not None]
     lines += [
         "# HELP mcnotify_messages Notifications by channel and result, over the whole state file.",
         "# TYPE mcnotify_messages gauge",
