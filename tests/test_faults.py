@@ -49,3 +49,14 @@ def test_short_token_lifetime_gets_about_one_token_per_lifetime(env: Env, app_db
     assert elapsed > 5 and 2 <= tokens <= elapsed / (3.0 * 0.6) + 1, (tokens, elapsed)
     assert calls > 10 * tokens
     assert not [s for _, _, s in env.sandbox.account.requests if s == 401]
+
+
+def test_repeated_429_lowers_concurrency_once_logged_and_loses_nothing(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(100)))
+    env.write(email={"batch_size": 5, "concurrency": 8}, marketing_cloud={"max_attempts": 10})
+    env.sandbox.account.inject("429", times=8, path_prefix="/messaging/v1/email")
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("concurrency lowered") == 1
+    accepted = Counter(m["messageKey"] for m in env.accepted())
+    assert len(accepted) == 300 and set(accepted.values()) == {1}

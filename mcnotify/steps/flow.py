@@ -30,9 +30,7 @@ class Throttle:
             self.limit = max(1, self.limit // 2)
             if not self._logged:
                 self._logged = True
-                log.warning(
-                    "MC keeps throttling (429); lowering concurrency to %d for the rest of this run", self.limit
-                )
+                log.warning("MC keeps throttling (429): concurrency lowered to %d, climbing back slowly", self.limit)
 
     def succeeded(self) -> None:
         with self._lock:
