@@ -1,0 +1,129 @@
+"""The CLI's shared parts: the typer app, consoles, global options, and how a command runs and fails."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from mcnotify import __version__
+from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, load
+from mcnotify.errors import EXIT_FAILURE, McnotifyError
+from mcnotify.redact import scrub
+
+if TYPE_CHECKING:  # the steps pull in requests, paramiko, phonenumbers: import them only when used
+    from mcnotify.steps import Context
+
+T = TypeVar("T")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Deliver app notifications through Salesforce Marketing Cloud, exactly once.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+# Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+_state: dict[str, Any] = {"config": DEFAULT_CONFIG_PATH, "quiet": False, "secrets": ()}
+
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]
+NoWait = Annotated[bool, typer.Option("--no-wait", help="Check the import once; exit 75 while it is pending.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mcnotify {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[Path, typer.Option("--config", "-c", envvar="MCNOTIFY_CONFIG", help="Config file.")] = (
+        DEFAULT_CONFIG_PATH
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+    show_contacts: Annotated[
+        bool, typer.Option("--show-contacts", help="Do not mask emails and phone numbers in logs.")
+    ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    from mcnotify import logs
+
+    _state["config"], _state["quiet"] = config, quiet
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    terminal = RichHandler(console=err, show_path=False, show_level=False, markup=False, rich_tracebacks=False)
+    _state["redactor"] = logs.setup(
+        level, json_lines=log_json, mask_contacts=not show_contacts, terminal_handler=terminal, stream=sys.stderr
+    )
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"mcnotify: error: {scrub(message, _state['secrets'])}", markup=False)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Every failure becomes one line and an exit code; a traceback only with MCNOTIFY_DEBUG=1."""
+    try:
+        return fn()
+    except McnotifyError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("MCNOTIFY_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (MCNOTIFY_DEBUG=1 shows a traceback)", EXIT_FAILURE)
+
+
+def _settings() -> Settings:
+    settings = _guard(lambda: load(Path(_state["config"])))
+    _use_secrets(settings)
+    return settings
+
+
+def _use_secrets(settings: Settings) -> None:
+    from mcnotify import logs
+
+    _state["secrets"] = settings.secrets
+    logs.set_secrets(_state.get("redactor"), settings.secrets)
+
+
+def _run(command: str, action: Callable[[Context], T], dry_run: bool) -> T:
+    from mcnotify.runner import execute
+
+    settings = _settings()
+    return _guard(lambda: execute(settings, command, action, dry_run=dry_run))
+
+
+# -- rendering ------------------------------------------------------------------------------------------------
+
+
+def _read_only(build: Callable[[Context], T]) -> T:
+    """Run a view against the state without taking the lock or recording a run."""
+    from mcnotify.runner import open_context
+
+    settings = _settings()
+
+    def go() -> T:
+        with open_context(settings, dry_run=True, lock=False) as ctx:
+            return build(ctx)
+
+    return _guard(go)

@@ -1,0 +1,188 @@
+"""Operators' commands: history, show, retry, skip, invalid, doctor, alert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mcnotify.cli.base import JsonOut, _fail, _guard, _read_only, _run, _settings, app, out
+from mcnotify.cli.render import _gantt, _secs, _when
+from mcnotify.errors import EXIT_FAILURE
+from mcnotify.redact import scrub
+
+
+@app.command()
+def history(
+    json_out: JsonOut = False,
+    step: Annotated[str | None, typer.Option(help="Only this command, e.g. run-all or send-email.")] = None,
+    result: Annotated[str | None, typer.Option(help="ok, failed, temporary or running.")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+) -> None:
+    """Recent runs, newest first: command, host, start, duration, exit code, counts, error."""
+    if result not in (None, "ok", "failed", "temporary", "running"):
+        _fail("--result must be ok, failed, temporary or running", 2)
+    runs = _read_only(lambda ctx: ctx.store.runs(limit=limit, command=step, result=result))
+    for run in runs:
+        run["counts"] = json.loads(run["counts"]) if run["counts"] else {}
+    if json_out:
+        out.print_json(json.dumps(runs))
+        return
+    table = Table("run", "command", "host", "pid", "started", "took", "exit", "counts", "error", title="runs")
+    for r in runs:
+        took = None if r["finished_at"] is None else r["finished_at"] - r["started_at"]
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if k != "seconds" and v)
+        table.add_row(
+            str(r["id"]),
+            r["command"],
+            r["host"],
+            str(r["pid"]),
+            _when(r["started_at"]),
+            _secs(took),
+            "running" if r["exit_code"] is None else str(r["exit_code"]),
+            counts,
+            r["error"] or "",
+        )
+    out.print(table)
+
+
+@app.command()
+def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: JsonOut = False) -> None:
+    """One batch: its steps on a timeline, the import's counts, sent/failed/invalid per channel, first errors."""
+    from mcnotify import report
+
+    view = _read_only(lambda ctx: report.batch_view(ctx.store, batch))
+    if view is None:
+        _fail(f"no batch {batch}", 1)
+    if json_out:
+        out.print_json(json.dumps(view, default=str))
+        return
+    imp = view["import"]
+    out.print(
+        f"batch {view['batch']} · {view['status']} · created {_when(view['created_at'])} · {view['rows']} rows, "
+        f"{view['invalid']} invalid, {view['conflicts']} key conflicts, {view['csv_rows']} subscribers uploaded",
+        markup=False,
+    )
+    out.print(
+        f"import: {imp['status'] or '-'} task {imp['task_id'] or '-'} · total {imp['total']}, ok {imp['ok']}, "
+        f"rejected {imp['errors']}, duplicates {imp['duplicates']}",
+        markup=False,
+    )
+    timeline = Table("step", "timeline", "took", "status", "detail", title="steps")
+    bars = {name: (bar, took) for name, bar, took in _gantt(view["steps"])}
+    for name, step_view in view["steps"].items():
+        bar, took = bars.get(name, ("", "-"))
+        timeline.add_row(name, bar, took, step_view["status"], step_view["detail"] or "")
+    out.print(timeline)
+    for channel, counts in view["channels"].items():
+        out.print(f"{channel}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), markup=False)
+    for e in view["errors"]:
+        out.print(
+            f"  {e['channel']} {e['notification_id']}: {e['status']} {e['error_code'] or ''} {e['reason'] or ''}",
+            markup=False,
+        )
+
+
+@app.command()
+def retry(
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
+    channel: Annotated[str | None, typer.Option(help="email or sms; both when omitted.")] = None,
+) -> None:
+    """Put a batch's failed notifications back to pending (never touches sent or unknown ones)."""
+    from mcnotify.steps import repair
+
+    if channel not in (None, "email", "sms"):
+        _fail("--channel must be email or sms", 2)
+    result = _run("retry", lambda ctx: repair.retry(ctx, batch, channel), False)
+    out.print(f"retry: batch {result.batch_id}: {result.note}")
+
+
+@app.command()
+def skip(
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
+    reason: Annotated[str, typer.Option(help="Why; kept with every skipped notification.")],
+) -> None:
+    """Mark a stuck batch done: what it has not sent is marked skipped with the reason."""
+    from mcnotify.steps import repair
+
+    result = _run("skip", lambda ctx: repair.skip(ctx, batch, reason), False)
+    out.print(f"skip: {result.note}")
+
+
+@app.command()
+def invalid(
+    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write them to this CSV file instead.")] = None,
+    json_out: JsonOut = False,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100_000,
+) -> None:
+    """List quarantined contacts with the reason, so the app team can fix their data."""
+    from mcnotify import report
+
+    rows = _read_only(lambda ctx: ctx.store.invalid_rows(batch, limit))
+    if csv_path is not None:
+
+        def write() -> int:
+            with csv_path.open("w", encoding="utf-8", newline="") as f:
+                return report.write_invalid_csv(rows, f)
+
+        try:
+            count = write()
+        except OSError as exc:
+            _fail(f"cannot write {csv_path}: {exc.strerror}", EXIT_FAILURE)
+        out.print(f"invalid: {count} quarantined contact(s) written to {csv_path}", markup=False)
+        return
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(
+        "batch",
+        "notification",
+        "template",
+        "channel",
+        "subscriber",
+        "contact",
+        "reason",
+        title=f"{len(rows)} quarantined contact(s)",
+    )
+    for r in rows:
+        table.add_row(*(str(r[c]) if r[c] is not None else "" for c in report.INVALID_COLUMNS))
+    out.print(table)
+
+
+@app.command()
+def doctor() -> None:
+    """Check the config, the state file, MySQL, SFTP, the MC token and the templates' definitions."""
+    from mcnotify import doctor as doc
+    from mcnotify.runner import open_context
+
+    settings = _settings()
+
+    def go() -> list[doc.Check]:
+        with open_context(settings, lock=False) as ctx:
+            return doc.checks(ctx)
+
+    results = _guard(go)
+    for c in results:
+        mark = "[green]ok[/green]    " if c.ok else "[red]failed[/red]"
+        out.print(
+            f"{mark} {c.name}: "
+            + scrub(c.detail, settings.secrets).replace("[", "\\[")
+            + ("" if c.ok else f" → {c.hint}")
+        )
+    if not all(c.ok for c in results):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit that failed.")]) -> None:
+    """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=)."""
+    import socket
+
+    from mcnotify import hooks
+
+    settings = _settings()
+    hooks.alert(settings, f"{unit} failed on {socket.gethostname()}", f"See: journalctl -u {unit}")

@@ -1,0 +1,167 @@
+"""Rendering of reports and views with rich (CLI layer)."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from rich.table import Table
+
+from mcnotify.cli.base import out
+
+
+def _render_sync(r: Any, dry_run: bool) -> None:
+    if dry_run:
+        out.print(
+            f"[bold]sync (dry run)[/bold]: {r.new_rows} new notifications, {r.invalid} invalid, "
+            f"{r.conflicts} key conflicts; would upload {r.csv_rows} subscribers"
+        )
+        for reason, n in sorted(r.invalid_reasons.items(), key=lambda kv: -kv[1]):
+            out.print(f"  invalid: {n} x {reason}", markup=False)
+        if r.sample_csv:
+            table = Table("SubscriberKey", "EmailAddress", title="CSV sample")
+            for row in r.sample_csv:
+                table.add_row(*row)
+            out.print(table)
+        _render_samples(r.sample_sends, "would send (sample)")
+        return
+    if r.blocked or r.batch_id is None:
+        out.print(f"sync: {r.note}")
+        return
+    out.print(
+        f"sync: batch {r.batch_id}: {r.new_rows} new, {r.invalid} invalid, {r.conflicts} key conflicts, "
+        f"{r.csv_rows} subscribers uploaded"
+        + (f", import task {r.task_id}" if r.task_id else "")
+        + (f" ({r.note})" if r.note else "")
+    )
+
+
+def _render_samples(samples: list[dict[str, Any]], title: str) -> None:
+    if not samples:
+        return
+    table = Table(*samples[0].keys(), title=title)
+    for s in samples:
+        table.add_row(*(str(v) for v in s.values()))
+    out.print(table)
+
+
+def _render_wait(r: Any) -> None:
+    if not r.results:
+        out.print(f"wait-import: {r.note}")
+    for res in r.results:
+        counts = (
+            ""
+            if res.total is None
+            else f": {res.ok} ok, {res.errors} rejected, {res.duplicates} duplicates of {res.total}"
+        )
+        out.print(f"wait-import: batch {res.batch_id} import {res.status}{counts}")
+
+
+def _render_send(r: Any, dry_run: bool) -> None:
+    if dry_run:
+        out.print(
+            f"send-{r.channel} (dry run): would send {r.sent} in batch(es) {r.batches or '-'}"
+            + (f"; {r.note}" if r.note else "")
+        )
+        _render_samples(r.samples, f"send-{r.channel} sample")
+        return
+    if not r.batches and not r.failed:
+        out.print(f"send-{r.channel}: {r.note}")
+        return
+    out.print(
+        f"send-{r.channel}: {r.sent} sent ({r.duplicates} already accepted earlier), {r.failed} failed, "
+        f"{r.unknown} unknown, {r.calls} API calls"
+    )
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+
+
+def _render_run_all(report: Any, dry_run: bool) -> None:
+    for s in report.syncs:
+        _render_sync(s, dry_run)
+    for w in report.waits:
+        _render_wait(w)
+    for r in report.sends:
+        _render_send(r, dry_run)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def render_status(data: dict[str, Any]) -> None:
+    totals = ", ".join(f"{k} {v}" for k, v in sorted(data["totals"].items())) or "nothing yet"
+    out.print(f"state {data['state']} · watermark {data['watermark']} · notifications: {totals}", markup=False)
+    table = Table(
+        "batch",
+        "created",
+        "status",
+        "rows",
+        "invalid",
+        "import",
+        "email",
+        "sms",
+        "sync",
+        "wait-import",
+        "send-email",
+        "send-sms",
+        title="recent batches",
+    )
+    for b in data["batches"]:
+        imp = b["import"]
+        import_text = imp["status"] or "-"
+        if imp["total"] is not None:
+            import_text += f" {imp['ok']}/{imp['total']}" + (f" ({imp['errors']} rejected)" if imp["errors"] else "")
+
+        def channel(name: str, b: dict[str, Any] = b) -> str:
+            c = b["channels"].get(name, {})
+            parts = [f"{c[k]} {k}" for k in ("sent", "failed", "unknown", "pending", "sending") if c.get(k)]
+            return ", ".join(parts) or "-"
+
+        def step(name: str, b: dict[str, Any] = b) -> str:
+            s = b["steps"].get(name)
+            return "-" if s is None else f"{s['status']} {_secs(s['seconds'])}"
+
+        table.add_row(
+            str(b["batch"]),
+            _when(b["created_at"]),
+            b["status"],
+            str(b["rows"]),
+            str(b["invalid"]),
+            import_text,
+            channel("email"),
+            channel("sms"),
+            step("sync"),
+            step("wait-import"),
+            step("send-email"),
+            step("send-sms"),
+        )
+    out.print(table)
+    for b in data["batches"]:
+        for e in b["errors"]:
+            out.print(
+                f"  batch {b['batch']} {e['channel']} {e['notification_id']}: {e['status']} "
+                f"{e['error_code'] or ''} {e['reason'] or ''}",
+                markup=False,
+            )
+
+
+def _gantt(steps: dict[str, dict[str, Any]], width: int = 50) -> list[tuple[str, str, str]]:
+    """One bar per step on a shared time axis: the batch's Gantt chart."""
+    spans = [(n, s["started_at"], s["finished_at"] or time.time()) for n, s in steps.items() if s["started_at"]]
+    if not spans:
+        return []
+    first, last = min(s[1] for s in spans), max(s[2] for s in spans)
+    scale = width / max(last - first, 1e-9)
+    rows = []
+    for name, start, end in spans:
+        lead = int((start - first) * scale)
+        size = max(1, round((end - start) * scale))
+        rows.append((name, " " * lead + "█" * min(size, width - lead), _secs(end - start)))
+    return rows
