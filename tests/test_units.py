@@ -209,3 +209,16 @@ def test_sqlite_source_and_builtin_sftp_sandbox(tmp_path: Path) -> None:
         assert not list((tmp_path / "sftp" / "Import").glob("*.part"))
     finally:
         box.stop()
+
+
+def test_watermark_values_stay_comparable_across_runs() -> None:
+    import datetime
+    import decimal
+
+    from mcnotify.steps.sync import cursor_value
+
+    assert cursor_value(decimal.Decimal("120")) == 120 and cursor_value(decimal.Decimal("120")) > 99
+    earlier = cursor_value(datetime.datetime(2026, 11, 23, 9, 5))
+    later = cursor_value(datetime.datetime(2026, 11, 23, 10, 0))
+    assert isinstance(earlier, str) and later > earlier
+    assert cursor_value(7) == 7

@@ -70,6 +70,14 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def cursor_value(value: Any) -> Any:
+    """The watermark as JSON keeps it, comparable with what an earlier run stored: numbers stay numbers
+    (a DECIMAL id too), dates and times become ISO text, which sorts like the values."""
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return _plain(value)
+
+
 def render_from_name(fmt: str | None, attributes: Mapping[str, Any], template: str) -> str | None:
     if not fmt:
         return None
@@ -221,8 +229,8 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
                     report.new_rows += len(fresh)
                     report.invalid += bad
                 old = store.get_meta(WATERMARK)
-                if top is not None and (old is None or top > old):
-                    store.set_meta(WATERMARK, _plain(top))
+                if top is not None and (old is None or cursor_value(top) > old):
+                    store.set_meta(WATERMARK, cursor_value(top))
             if fresh:
                 ctx.progress(f"sync: claimed {report.new_rows} notifications into batch {batch_id}")
             ctx.check_stop()
