@@ -72,7 +72,7 @@ class Token:
     expires_at: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a million of these are built in a sync, and frozen init is slow
 class NewNotification:
     notification_id: str
     template: str

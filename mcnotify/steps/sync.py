@@ -57,9 +57,12 @@ def message_key(prefix: str, channel: str, notification_id: str) -> str:
     return f"{prefix}-{channel}-h{digest}"
 
 
+_SCALARS = frozenset((str, int, float, bool))
+
+
 def _plain(value: Any) -> Any:
     """Source values as JSON-safe scalars, unchanged where they already are."""
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or type(value) in _SCALARS:
         return value
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
@@ -78,12 +81,24 @@ def cursor_value(value: Any) -> Any:
     return _plain(value)
 
 
+class _NoneAsBlank:
+    """A row's columns for str.format_map, NULL shown as nothing, without copying the row."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: Mapping[str, Any]) -> None:
+        self.columns = columns
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.columns[key]
+        return "" if value is None else value
+
+
 def render_from_name(fmt: str | None, attributes: Mapping[str, Any], template: str) -> str | None:
     if not fmt:
         return None
-    values = {k: "" if v is None else v for k, v in attributes.items()}
     try:
-        return fmt.format_map(values)
+        return fmt.format_map(_NoneAsBlank(attributes))
     except KeyError as exc:
         raise ConfigError(
             f"[templates.{template}] from_name uses {{{exc.args[0]}}} but the source query returns no such column"
