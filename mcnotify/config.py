@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "overlap": Key(int, 1000, check=_between(0, 10_000_000)),
         "password": Key(str, secret=True),
         "fetch_size": Key(int, 5000, check=_between(1, 1_000_000)),
+        "parallel_after": Key(int, 20_000, check=_between(0, 100_000_000)),
         "connect_timeout": Key(float, 10.0, check=_between(0.1, 600)),
     },
     "marketing_cloud": {

@@ -328,3 +328,19 @@ def test_config_readable_by_others_with_secrets_warns(env: Env, app_db: Any) -> 
     assert "readable by other users" in result.output and env.mariadb.password not in result.output
     env.config.chmod(0o600)
     assert "readable by other users" not in run_cli(env.config, "config", "check").output
+
+
+def test_large_sync_read_by_a_second_process_gives_the_same_result(env: Env, app_db: Any) -> None:
+    rows = event_rows(1, people(1500))
+    rows[2500] = (rows[2500][0], "envelope-received", "m-bad", "bad@@example.com", None, "X", "Y", 1)
+    app_db(rows)
+    env.write(source={"parallel_after": 700, "batch_limit": 4000})
+    first = run_cli(env.config, "run-all")
+    assert first.exit_code == 0, first.output
+    assert statuses(env) == {"sent": 3999, "invalid": 1}
+    assert run_cli(env.config, "run-all").exit_code == 0  # the 500 left over beyond batch_limit
+    assert statuses(env) == {"sent": 4499, "invalid": 1}
+    accepted = env.accepted()
+    assert len(accepted) == 4499 and max(keys(accepted).values()) == 1
+    bad = run_cli(env.config, "sync")
+    assert bad.exit_code == 0 and "nothing new" in bad.output

@@ -53,7 +53,6 @@ MIGRATIONS: list[str] = [
         updated_at REAL
     );
     CREATE INDEX notifications_work ON notifications (batch_id, channel, status);
-    CREATE INDEX notifications_status ON notifications (status);
 
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY,

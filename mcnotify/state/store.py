@@ -80,11 +80,12 @@ class NewNotification:
     subscriber_key: str | None
     address: str | None
     raw_contact: str | None
-    attributes: dict[str, Any]
+    attributes: str  # JSON object, encoded where the row was read (maybe the worker process)
     from_name: str | None
     status: str  # pending or invalid
     reason: str | None
     message_key: str | None
+    cursor: Any = None  # the source's cursor value for this row (not stored)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ class StateStore:
                     n.subscriber_key,
                     n.address,
                     n.raw_contact,
-                    json.dumps(n.attributes, ensure_ascii=False, default=str),
+                    n.attributes,
                     n.from_name,
                     n.status,
                     n.reason,

@@ -10,6 +10,7 @@ import datetime
 import decimal
 import hashlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -30,6 +31,7 @@ WATERMARK = "source.watermark"
 CSV_HEADER = ("SubscriberKey", "EmailAddress")
 MAX_SUBSCRIBER_KEY = 254
 CHUNK = 2000
+Chunk = tuple[list[NewNotification], Any, int]  # classified rows, highest cursor, rows read
 _PLAIN_ID = re.compile(r"^[0-9]{1,60}$")
 
 
@@ -111,17 +113,19 @@ def classify(settings: Settings, row: Mapping[str, Any]) -> NewNotification:
 
     nid = str(_plain(row["notification_id"]))
     template_name = str(_plain(row["template"]) or "")
-    attributes = {k: _plain(v) for k, v in row.items() if k not in REQUIRED_COLUMNS}
+    columns = {k: _plain(v) for k, v in row.items() if k not in REQUIRED_COLUMNS}
+    attributes = json.dumps(columns, ensure_ascii=False)
     template = settings.templates.get(template_name)
     raw_key = row["subscriber_key"]
     key = None if raw_key is None else str(_plain(raw_key)).strip()
     channel = template.channel if template else None
     raw_contact = row["phone"] if channel == "sms" else row["email"]
     raw_text = None if raw_contact is None else str(_plain(raw_contact))
+    cursor = row.get(settings.section("source")["cursor_column"])
 
     def invalid(reason: str) -> NewNotification:
         return NewNotification(
-            nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None
+            nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None, cursor
         )
 
     if template is None:
@@ -138,7 +142,7 @@ def classify(settings: Settings, row: Mapping[str, Any]) -> NewNotification:
         address, problem = normalise_phone(raw_contact, settings.section("sms")["default_region"])
     if problem:
         return invalid(problem)
-    from_name = render_from_name(template.from_name, attributes, template_name)
+    from_name = render_from_name(template.from_name, columns, template_name)
     mkey = message_key(settings.section("email")["message_key_prefix"], template.channel, nid)
     return NewNotification(
         nid,
@@ -152,6 +156,7 @@ def classify(settings: Settings, row: Mapping[str, Any]) -> NewNotification:
         PENDING,
         None,
         mkey,
+        cursor,
     )
 
 
@@ -182,15 +187,53 @@ def _pages(source: Source, after: Any, limit: int, cursor_column: str) -> Iterat
         after = last
 
 
-def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
+def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any]]) -> Iterator[Chunk]:
+    """Source rows, classified, in chunks; each with the highest cursor and the number of rows it read."""
+    cursor_column = settings.section("source")["cursor_column"]
+    chunk: list[NewNotification] = []
+    top, count = None, 0
     for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        count += 1
+        cursor = row[cursor_column]
+        top = cursor if top is None or cursor > top else top
+        if row["notification_id"] is not None:
+            chunk.append(classify(settings, row))
+        if count >= CHUNK:
+            yield chunk, top, count
+            chunk, top, count = [], None, 0
+    if count:
+        yield chunk, top, count
+
+
+def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
+    """All rows after the watermark, classified. The first page is read here; when it is full and more may
+    follow, the rest is read and classified by a worker process on the other core (sync_worker)."""
+    src = ctx.settings.section("source")
+    limit, cursor_column = int(src["batch_limit"]), src["cursor_column"]
+    probe = limit if src["parallel_after"] == 0 else min(limit, int(src["parallel_after"]))
+    after, read = _start_after(ctx), 0
+    # A batch no bigger than the first page is read here, page by page, as before.
+    rows = (
+        _pages(source, after, limit, cursor_column)
+        if probe == limit
+        else _first_page(source, after, probe, cursor_column)
+    )
+    for chunk, top, count in classified_chunks(ctx.settings, rows):
+        read += count
+        after = top if top is not None else after
+        yield chunk, top, count
+    if probe == limit or read < probe:
+        return
+    from mcnotify.steps import sync_worker
+
+    yield from sync_worker.classified(ctx, after, limit)
+
+
+def _first_page(source: Source, after: Any, limit: int, cursor_column: str) -> Iterator[dict[str, Any]]:
+    for row in source.rows(after, limit):
+        if cursor_column not in row:
+            raise ConfigError(f"[source] cursor_column {cursor_column!r} is not a column of the query")
+        yield row
 
 
 def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[tuple[list[NewNotification], Any]]:
@@ -198,23 +241,19 @@ def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[
 
     A real sync stores each chunk before asking for the next, so the state itself dedupes across chunks; a
     preview stores nothing and must `remember` the ids it has seen."""
-    src = ctx.settings.section("source")
-    limit, cursor_column = src["batch_limit"], src["cursor_column"]
-    wanted = limit
+    wanted = int(ctx.settings.section("source")["batch_limit"])
     seen_in_run: set[str] = set()
-    for chunk in _chunks(_pages(source, _start_after(ctx), limit, cursor_column), CHUNK):
-        ids = [str(_plain(r["notification_id"])) for r in chunk]
-        known = ctx.store.known_ids(ids) | seen_in_run
+    for chunk, top, _ in _classified(ctx, source):
+        known = ctx.store.known_ids([n.notification_id for n in chunk]) | seen_in_run
         fresh: list[NewNotification] = []
-        top = None
-        for row, nid in zip(chunk, ids, strict=True):
-            cursor = row[cursor_column]
-            top = cursor if top is None or cursor > top else top
-            if nid in known or row["notification_id"] is None:
+        for n in chunk:
+            if n.notification_id in known:
                 continue
-            known.add(nid)
-            fresh.append(classify(ctx.settings, row))
+            known.add(n.notification_id)
+            fresh.append(n)
             if len(fresh) >= wanted:
+                # Stopping inside the chunk: the watermark may only cover what was taken.
+                top = n.cursor
                 break
         if remember:
             seen_in_run.update(n.notification_id for n in fresh)

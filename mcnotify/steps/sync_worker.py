@@ -1,0 +1,112 @@
+"""Reading and validating a large sync in a second process, so the main one only writes the state.
+
+PyMySQL and the validators are pure Python and hold one core; on a big batch a child process
+(`python -m mcnotify.steps.sync_worker`) reads the source from `after` on, classifies the rows and hands them
+over its stdout in pickled chunks, while the parent dedupes against the state, stores them and moves the
+watermark, exactly as for rows it read itself. (Classifying in the parent instead measured slower: the
+parent's share then outweighs the child's.) The child ignores SIGTERM and SIGINT (the parent decides when to
+stop) and dies of a broken pipe if the parent is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import IO, Any
+
+from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
+from mcnotify.steps import Context
+
+ERRORS: dict[str, type[McnotifyError]] = {"ConfigError": ConfigError, "ServiceUnavailable": ServiceUnavailable}
+
+
+def classified(ctx: Context, after: Any, limit: int) -> Iterator[tuple[Any, Any, int]]:
+    """The source's rows after `after`, read and classified by the child process, in chunks."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # works from a zipapp too
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mcnotify.steps.sync_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    # A thread drains the pipe as fast as the child fills it, so the child never waits for the parent's
+    # writes to SQLite (a pipe holds only 64 KiB); the queue's bound keeps memory flat.
+    frames: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    reader = threading.Thread(target=_drain, args=(worker.stdout, frames), name="mcnotify-sync-reader", daemon=True)
+    try:
+        pickle.dump((ctx.settings, after, limit), worker.stdin)
+        worker.stdin.close()
+        reader.start()
+        while True:
+            frame = frames.get()
+            if frame is None:
+                ctx.check_stop()
+                raise McnotifyError("sync: the reading process ended without finishing")
+            kind, payload = pickle.loads(frame)
+            if kind == "done":
+                return
+            if kind == "error":
+                name, message = payload
+                raise ERRORS.get(name, McnotifyError)(message if name in ERRORS else f"sync: {name}: {message}")
+            yield payload
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(10)
+        while reader.is_alive():  # let the reader see the end of the pipe and finish
+            with contextlib.suppress(queue.Empty):
+                frames.get(timeout=0.1)
+        worker.stdout.close()
+
+
+def _drain(pipe: IO[bytes], frames: queue.Queue[bytes | None]) -> None:
+    try:
+        while (header := pipe.read(8)) and len(header) == 8:
+            size = int.from_bytes(header, "big")
+            body = pipe.read(size)
+            if len(body) != size:  # the child died mid-message
+                break
+            frames.put(body)
+    except (OSError, ValueError):
+        pass
+    frames.put(None)
+
+
+def _send(out: IO[bytes], message: tuple[str, Any]) -> None:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(len(body).to_bytes(8, "big") + body)
+    out.flush()
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but messages may reach the pipe
+    settings, after, limit = pickle.load(sys.stdin.buffer)
+    from mcnotify.source import open_source
+    from mcnotify.steps.sync import _pages, classified_chunks
+
+    try:
+        source = open_source(settings.section("source"))
+        try:
+            rows = _pages(source, after, limit, settings.section("source")["cursor_column"])
+            for chunk in classified_chunks(settings, rows):
+                _send(out, ("chunk", chunk))
+        finally:
+            source.close()
+        _send(out, ("done", None))
+    except BrokenPipeError:
+        pass  # the parent is gone or has all it wants
+    except BaseException as exc:
+        with contextlib.suppress(BrokenPipeError):
+            _send(out, ("error", (type(exc).__name__, str(exc))))
+
+
+if __name__ == "__main__":
+    main()
