@@ -6,6 +6,11 @@ over its stdout in pickled chunks, while the parent dedupes against the state, s
 watermark, exactly as for rows it read itself. (Classifying in the parent instead measured slower: the
 parent's share then outweighs the child's.) The child ignores SIGTERM and SIGINT (the parent decides when to
 stop) and dies of a broken pipe if the parent is killed.
+
+Each message goes over the pipe as its length, a CRC-32 and the pickle, written with plain os.write calls:
+CPython's buffered writer was seen to drop bytes when a stop signal (Ctrl-Z, a frozen cgroup, a profiler)
+interrupted a large write into a full pipe, and a damaged message must end the sync with a clear error
+rather than be unpickled.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ import signal
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 from mcnotify.steps import Context
 
+HEADER = 12  # message length (8 bytes) and CRC-32 (4 bytes), big-endian
+MAX_MESSAGE = 1 << 30
+DAMAGED = b"damaged"
 ERRORS: dict[str, type[McnotifyError]] = {"ConfigError": ConfigError, "ServiceUnavailable": ServiceUnavailable}
 
 
@@ -39,7 +48,7 @@ def classified(ctx: Context, after: Any, limit: int) -> Iterator[tuple[Any, Any,
     frames: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
     reader = threading.Thread(target=_drain, args=(worker.stdout, frames), name="mcnotify-sync-reader", daemon=True)
     try:
-        pickle.dump((ctx.settings, after, limit), worker.stdin)
+        _write_all(worker.stdin.fileno(), pickle.dumps((ctx.settings, after, limit)))
         worker.stdin.close()
         reader.start()
         while True:
@@ -47,6 +56,10 @@ def classified(ctx: Context, after: Any, limit: int) -> Iterator[tuple[Any, Any,
             if frame is None:
                 ctx.check_stop()
                 raise McnotifyError("sync: the reading process ended without finishing")
+            if frame is DAMAGED:
+                raise McnotifyError(
+                    "sync: data from the reading process arrived damaged; nothing of it was stored, run sync again"
+                )
             kind, payload = pickle.loads(frame)
             if kind == "done":
                 return
@@ -66,28 +79,41 @@ def classified(ctx: Context, after: Any, limit: int) -> Iterator[tuple[Any, Any,
 
 def _drain(pipe: IO[bytes], frames: queue.Queue[bytes | None]) -> None:
     try:
-        while (header := pipe.read(8)) and len(header) == 8:
-            size = int.from_bytes(header, "big")
+        while (header := pipe.read(HEADER)) and len(header) == HEADER:
+            size, crc = int.from_bytes(header[:8], "big"), int.from_bytes(header[8:], "big")
+            if size > MAX_MESSAGE:
+                frames.put(DAMAGED)
+                return
             body = pipe.read(size)
             if len(body) != size:  # the child died mid-message
                 break
+            if zlib.crc32(body) != crc:
+                frames.put(DAMAGED)
+                return
             frames.put(body)
     except (OSError, ValueError):
         pass
     frames.put(None)
 
 
-def _send(out: IO[bytes], message: tuple[str, Any]) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _send(fd: int, message: tuple[str, Any]) -> None:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(len(body).to_bytes(8, "big") + body)
-    out.flush()
+    _write_all(fd, len(body).to_bytes(8, "big") + zlib.crc32(body).to_bytes(4, "big") + body)
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but messages may reach the pipe
+    sys.stdout.flush()
+    out = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing but messages may reach the pipe
+    sys.stdout = sys.stderr
     settings, after, limit = pickle.load(sys.stdin.buffer)
     from mcnotify.source import open_source
     from mcnotify.steps.sync import _pages, classified_chunks
