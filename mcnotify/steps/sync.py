@@ -60,6 +60,8 @@ def message_key(prefix: str, channel: str, notification_id: str) -> str:
 
 
 _SCALARS = frozenset((str, int, float, bool))
+# One encoder for every row: json.dumps with a non-default option builds a new one per call (0.8 µs a row).
+_attributes_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _plain(value: Any) -> Any:
@@ -100,64 +102,78 @@ def render_from_name(fmt: str | None, attributes: Mapping[str, Any], template: s
     if not fmt:
         return None
     try:
-        return fmt.format_map(_NoneAsBlank(attributes))
+        # The wrapper (NULL shown as nothing) costs a call per field: only rows with a NULL need it.
+        return fmt.format_map(_NoneAsBlank(attributes) if None in attributes.values() else attributes)
     except KeyError as exc:
         raise ConfigError(
             f"[templates.{template}] from_name uses {{{exc.args[0]}}} but the source query returns no such column"
         ) from None
 
 
-def classify(settings: Settings, row: Mapping[str, Any]) -> NewNotification:
-    """One source row -> a notification that is pending, or invalid with its reason."""
-    from mcnotify.contacts import normalise_phone, validate_email  # heavy; only needed when there are rows
+_REQUIRED = frozenset(REQUIRED_COLUMNS)
 
-    nid = str(_plain(row["notification_id"]))
-    template_name = str(_plain(row["template"]) or "")
-    columns = {k: _plain(v) for k, v in row.items() if k not in REQUIRED_COLUMNS}
-    attributes = json.dumps(columns, ensure_ascii=False)
-    template = settings.templates.get(template_name)
-    raw_key = row["subscriber_key"]
-    key = None if raw_key is None else str(_plain(raw_key)).strip()
-    channel = template.channel if template else None
-    raw_contact = row["phone"] if channel == "sms" else row["email"]
-    raw_text = None if raw_contact is None else str(_plain(raw_contact))
-    cursor = row.get(settings.section("source")["cursor_column"])
 
-    def invalid(reason: str) -> NewNotification:
+class Classifier:
+    """Source rows -> notifications, pending or invalid with the reason. Built once per sync, so each row
+    pays only for its own checks (a large sync classifies a million rows)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mcnotify.contacts import normalise_phone, validate_email  # heavy; only needed when there are rows
+
+        self._templates = dict(settings.templates)
+        self._cursor_column = settings.section("source")["cursor_column"]
+        self._region = settings.section("sms")["default_region"]
+        self._key_prefix = settings.section("email")["message_key_prefix"]
+        self._validate_email = validate_email
+        self._normalise_phone = normalise_phone
+
+    def __call__(self, row: Mapping[str, Any]) -> NewNotification:
+        nid = str(_plain(row["notification_id"]))
+        template_name = str(_plain(row["template"]) or "")
+        columns = {
+            k: v if v is None or type(v) in _SCALARS else _plain(v) for k, v in row.items() if k not in _REQUIRED
+        }
+        attributes = _attributes_json(columns)
+        template = self._templates.get(template_name)
+        raw_key = row["subscriber_key"]
+        key = None if raw_key is None else str(_plain(raw_key)).strip()
+        channel = template.channel if template else None
+        raw_contact = row["phone"] if channel == "sms" else row["email"]
+        raw_text = None if raw_contact is None else str(_plain(raw_contact))
+        cursor = row.get(self._cursor_column)
+
+        address: str | None = None
+        reason: str | None = None
+        if template is None:
+            reason = f"unknown template {template_name!r}"
+        elif not key:
+            reason = "subscriber key missing"
+        elif len(key) > MAX_SUBSCRIBER_KEY:
+            reason = f"subscriber key longer than {MAX_SUBSCRIBER_KEY} characters"
+        elif "\x00" in key:
+            reason = "subscriber key contains a NUL byte"
+        elif template.channel == "email":
+            address, reason = self._validate_email(raw_contact)
+        else:
+            address, reason = self._normalise_phone(raw_contact, self._region)
+        if reason or template is None:
+            return NewNotification(
+                nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None, cursor
+            )
         return NewNotification(
-            nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None, cursor
+            nid,
+            template_name,
+            template.channel,
+            key,
+            address,
+            raw_text,
+            attributes,
+            render_from_name(template.from_name, columns, template_name),
+            PENDING,
+            None,
+            message_key(self._key_prefix, template.channel, nid),
+            cursor,
         )
-
-    if template is None:
-        return invalid(f"unknown template {template_name!r}")
-    if not key:
-        return invalid("subscriber key missing")
-    if len(key) > MAX_SUBSCRIBER_KEY:
-        return invalid(f"subscriber key longer than {MAX_SUBSCRIBER_KEY} characters")
-    if "\x00" in key:
-        return invalid("subscriber key contains a NUL byte")
-    if template.channel == "email":
-        address, problem = validate_email(raw_contact)
-    else:
-        address, problem = normalise_phone(raw_contact, settings.section("sms")["default_region"])
-    if problem:
-        return invalid(problem)
-    from_name = render_from_name(template.from_name, columns, template_name)
-    mkey = message_key(settings.section("email")["message_key_prefix"], template.channel, nid)
-    return NewNotification(
-        nid,
-        template_name,
-        template.channel,
-        key,
-        address,
-        raw_text,
-        attributes,
-        from_name,
-        PENDING,
-        None,
-        mkey,
-        cursor,
-    )
 
 
 def _start_after(ctx: Context) -> Any:
@@ -190,6 +206,7 @@ def _pages(source: Source, after: Any, limit: int, cursor_column: str) -> Iterat
 def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any]]) -> Iterator[Chunk]:
     """Source rows, classified, in chunks; each with the highest cursor and the number of rows it read."""
     cursor_column = settings.section("source")["cursor_column"]
+    classify = Classifier(settings)
     chunk: list[NewNotification] = []
     top, count = None, 0
     for row in rows:
@@ -197,7 +214,7 @@ def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any]]) -> Ite
         cursor = row[cursor_column]
         top = cursor if top is None or cursor > top else top
         if row["notification_id"] is not None:
-            chunk.append(classify(settings, row))
+            chunk.append(classify(row))
         if count >= CHUNK:
             yield chunk, top, count
             chunk, top, count = [], None, 0
