@@ -156,7 +156,7 @@ class Classifier:
             address, reason = self._validate_email(raw_contact)
         else:
             address, reason = self._normalise_phone(raw_contact, self._region)
-        if reason or template is None:
+        if reason or template is None:  # (a missing template always has a reason)
             return NewNotification(
                 nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None, cursor
             )
@@ -206,7 +206,7 @@ def _pages(source: Source, after: Any, limit: int, cursor_column: str) -> Iterat
 def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any]]) -> Iterator[Chunk]:
     """Source rows, classified, in chunks; each with the highest cursor and the number of rows it read."""
     cursor_column = settings.section("source")["cursor_column"]
-    classify = Classifier(settings)
+    classify: Classifier | None = None  # built at the first row: nothing new, nothing heavy imported
     chunk: list[NewNotification] = []
     top, count = None, 0
     for row in rows:
@@ -214,6 +214,7 @@ def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any]]) -> Ite
         cursor = row[cursor_column]
         top = cursor if top is None or cursor > top else top
         if row["notification_id"] is not None:
+            classify = classify or Classifier(settings)
             chunk.append(classify(row))
         if count >= CHUNK:
             yield chunk, top, count

@@ -117,7 +117,6 @@ def main() -> None:
     sys.stdout.flush()
     out = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing but messages may reach the pipe
-    sys.stdout = sys.stderr
     settings, after, limit = pickle.load(sys.stdin.buffer)
     from mcnotify.source import open_source
     from mcnotify.steps.sync import _pages, classified_chunks
