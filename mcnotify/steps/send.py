@@ -103,7 +103,7 @@ def _run_pool(
     """Run jobs with at most `throttle.limit` in flight; record each result as it lands, in one transaction per
     call. On a fatal error, let the in-flight ones finish and be recorded, then re-raise."""
     failure: BaseException | None = None
-    last_progress = 0.0
+    last_progress = time.monotonic()  # a running count once a second; a short send logs only its result
     with cf.ThreadPoolExecutor(max_workers=throttle.maximum, thread_name_prefix="mcnotify-send") as pool:
         in_flight: set[cf.Future[list[Outcome]]] = set()
         job_iter = iter(jobs)
@@ -264,8 +264,10 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             sent, failed, unknown = (
                 a - b for a, b in zip((report.sent, report.failed, report.unknown), before, strict=True)
             )
+            summary = f"{sent} sent, {failed} failed, {unknown} unknown"
             with store.transaction():
-                store.step_finished(batch.id, step, "done", f"{sent} sent, {failed} failed, {unknown} unknown")
+                store.step_finished(batch.id, step, "done", summary)
+            ctx.progress(f"{step}: batch {batch.id}: {summary}")  # the log's last word on the batch
         if store.open_work(batch.id) == 0:
             with store.transaction():
                 store.update_batch(batch.id, status="done")
