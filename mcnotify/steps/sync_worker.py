@@ -8,7 +8,7 @@ parent's share then outweighs the child's.) The child ignores SIGTERM and SIGINT
 stop) and dies of a broken pipe if the parent is killed.
 
 Each message goes over the pipe as its length, a CRC-32 and the pickle, written with plain os.write calls:
-CPython's buffered writer was seen to drop bytes when a stop signal (Ctrl-Z, a frozen cgroup, a profiler)
+CPython's buffered writer was seen to damage the stream when a stop signal (Ctrl-Z, a frozen cgroup, a profiler)
 interrupted a large write into a full pipe, and a damaged message must end the sync with a clear error
 rather than be unpickled.
 """
