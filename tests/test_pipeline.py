@@ -344,3 +344,20 @@ def test_large_sync_read_by_a_second_process_gives_the_same_result(env: Env, app
     assert len(accepted) == 4499 and max(keys(accepted).values()) == 1
     bad = run_cli(env.config, "sync")
     assert bad.exit_code == 0 and "nothing new" in bad.output
+
+
+def test_batch_with_no_email_to_upload_skips_the_import_and_still_sends_sms(env: Env, app_db: Any) -> None:
+    app_db(
+        [
+            (1, "envelope-received-sms", "m-1", None, "0912345678", "Luffy", "Nami", 1),
+            (2, "envelope-received", "m-2", "two@@example.com", None, "Luffy", "Zoro", 1),
+        ]
+    )
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert "nothing to upload" in result.output
+    assert not list(env.import_dir.iterdir())
+    assert [m["to"] for m in env.accepted()] == ["886912345678"]
+    assert statuses(env) == {"sent": 1, "invalid": 1}
+    steps = run_cli(env.config, "show", "1", "--json").output
+    assert '"skipped"' in steps

@@ -285,13 +285,6 @@ class StateStore:
         ):
             yield key, address
 
-    def count_subscribers(self, batch_id: int) -> int:
-        return int(
-            self.conn.execute(
-                f"SELECT COUNT(DISTINCT subscriber_key) FROM notifications WHERE {self._SENDABLE_EMAIL}", (batch_id,)
-            ).fetchone()[0]
-        )
-
     def work(
         self,
         batch_id: int,

@@ -333,21 +333,22 @@ def write_csv(rows: Iterable[tuple[str, str]], out: io.TextIOBase | Any) -> int:
 
 def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
     store, sftp_section = ctx.store, ctx.settings.section("sftp")
-    if store.count_subscribers(batch_id) == 0:
-        with store.transaction():
-            store.update_batch(
-                batch_id, status="imported", csv_rows=0, import_status="skipped", import_done_at=time.time()
-            )
-            store.step_finished(batch_id, "sync", "done", "nothing to upload")
-            store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
-        report.note = "nothing to upload"
-        return
-    from mcnotify.mc import sftp  # paramiko is slow to import
-
+    # Written before anything else, so one pass over the batch both counts and writes the subscribers.
     fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             report.csv_rows = write_csv(store.subscribers(batch_id), out)
+        if report.csv_rows == 0:
+            with store.transaction():
+                store.update_batch(
+                    batch_id, status="imported", csv_rows=0, import_status="skipped", import_done_at=time.time()
+                )
+                store.step_finished(batch_id, "sync", "done", "nothing to upload")
+                store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
+            report.note = "nothing to upload"
+            return
+        from mcnotify.mc import sftp  # paramiko is slow to import
+
         ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section['host']}")
         remote = sftp.upload(sftp_section, Path(tmp), sftp_section["file_name"])
     finally:
