@@ -32,6 +32,10 @@ class ImportPending(TemporaryError):
     pass
 
 
+class DryRunRefused(McnotifyError):
+    """A dry run tried to act (send, upload, write the state): a bug, refused where the side effect happens."""
+
+
 class Stopped(McnotifyError):
     """SIGTERM (systemd stop): in-flight work was finished and recorded; the next run resumes."""
 

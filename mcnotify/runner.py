@@ -32,8 +32,8 @@ def open_context(
     progress: Callable[[str], None] | None = None,
 ) -> Iterator[Context]:
     path = settings.state_path
-    store = StateStore(path, memory=dry_run and not path.exists())
-    ctx = Context(settings, store)
+    store = StateStore(path, memory=dry_run and not path.exists(), read_only=dry_run)
+    ctx = Context(settings, store, dry_run=dry_run)
     if progress:
         ctx.progress = progress
     try:

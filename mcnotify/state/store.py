@@ -6,13 +6,16 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mcnotify.errors import LockHeld, McnotifyError
 from mcnotify.state.schema import MIGRATIONS
@@ -99,31 +102,80 @@ class Outcome:
 
 
 class StateStore:
-    def __init__(self, path: Path, memory: bool = False) -> None:
-        """`memory`: an empty throw-away state (dry runs before the first real run)."""
+    def __init__(self, path: Path, memory: bool = False, read_only: bool = False) -> None:
+        """`memory`: an empty throw-away state (dry runs before the first real run).
+        `read_only`: a dry run's view. Any write raises, and the file, its WAL and its -shm are left byte for byte
+        as they were (a preview must not be able to lose or change anything)."""
         self.path = path
         self.memory = memory
+        self.read_only = read_only or memory
+        self._scratch: Path | None = None  # a dry run's private copy of a state that has a WAL
         try:
-            if not memory:
+            if memory:
+                self.conn = self._connect(":memory:")
+            elif read_only:
+                self.conn = self._open_read_only(path)
+            else:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 if not path.exists():
                     # Created private before SQLite opens it: the file holds contacts and a token.
                     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            target = ":memory:" if memory else path
-            self.conn = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False)
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn = self._connect(str(path))
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            if self.read_only:
+                self._migrate_copy()
+                self.conn.execute("PRAGMA query_only=ON")  # a stray write in a preview raises
+            else:
+                self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise McnotifyError(f"cannot open state file {path}: {exc}") from None
         self._lock_fd: int | None = None
+
+    @staticmethod
+    def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False, uri=uri)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open_read_only(self, path: Path) -> sqlite3.Connection:
+        if not path.is_file():
+            raise McnotifyError(f"state file {path} does not exist")
+        wal = Path(f"{path}-wal")
+        if not (wal.exists() and wal.stat().st_size):
+            # No WAL: nobody is writing, and `immutable` reads without creating -wal or -shm files.
+            return self._connect(f"file:{quote(str(path.resolve()))}?mode=ro&immutable=1", uri=True)
+        # A WAL (a run in progress, or one that crashed): any reader of the file would write to its -shm, so
+        # read a private copy of the file and its WAL instead; SQLite replays the WAL into the copy.
+        self._scratch = Path(tempfile.mkdtemp(prefix="mcnotify-preview-"))
+        copy = self._scratch / "state.db"
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, f"{copy}-wal")
+        conn = self._connect(str(copy))
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+
+    def _migrate_copy(self) -> None:
+        """A read-only state from an older release: preview on a migrated copy, never the file."""
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise McnotifyError(f"state file {self.path} is from a newer mcnotify (schema {version})")
+        if version == len(MIGRATIONS):
+            return
+        if not self.memory and self._scratch is None:
+            copy = self._connect(":memory:")
+            self.conn.backup(copy)
+            self.conn.close()
+            self.conn = copy
+        self._migrate()
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def close(self) -> None:
         self.unlock()
         self.conn.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -254,8 +306,12 @@ class StateStore:
     _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status != 'invalid'"
 
     def resolve_email_conflicts(self, batch_id: int) -> list[str]:
-        """A subscriber key seen with several emails in a batch: the newest row's email wins for all its
-        notifications (MC keeps one email per key). Returns the conflicting keys."""
+        """MC keeps one email per subscriber key, and the newest one wins.
+
+        Within the batch, the newest row's email becomes every row's. Across batches, an email notification of an
+        earlier batch still pending for an older address moves into this batch with the newest address: its own
+        import is done, and once this batch's import lands, MC holds only the new address (a send to the old one
+        would be refused for good). Returns the subscriber keys whose address changed."""
         keys = [
             r[0]
             for r in self.conn.execute(
@@ -274,7 +330,29 @@ class StateStore:
                 f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, *chunk),
             )
-        return keys
+        moved = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT older.subscriber_key FROM notifications AS older"
+                " JOIN notifications AS newer ON newer.subscriber_key = older.subscriber_key"
+                " AND newer.batch_id = ? AND newer.channel = 'email' AND newer.status != 'invalid'"
+                " WHERE older.batch_id < ? AND older.channel = 'email' AND older.status = 'pending'"
+                " AND older.address != newer.address",
+                (batch_id, batch_id),
+            )
+        ]
+        for start in range(0, len(moved), 500):
+            chunk = moved[start : start + 500]
+            self.conn.execute(
+                "UPDATE notifications SET batch_id = ?, updated_at = ?, address = (SELECT newer.address"
+                "  FROM notifications AS newer WHERE newer.batch_id = ? AND newer.channel = 'email'"
+                "   AND newer.status != 'invalid' AND newer.subscriber_key = notifications.subscriber_key"
+                "  ORDER BY newer.seq DESC LIMIT 1)"
+                " WHERE batch_id < ? AND channel = 'email' AND status = 'pending'"
+                f" AND subscriber_key IN ({','.join('?' * len(chunk))})",
+                (batch_id, time.time(), batch_id, batch_id, *chunk),
+            )
+        return sorted(set(keys) | set(moved))
 
     def subscribers(self, batch_id: int) -> Iterator[tuple[str, str]]:
         """(subscriber key, email) once per key, streamed in key order; run after resolve_email_conflicts."""
@@ -323,12 +401,39 @@ class StateStore:
             )
         ]
 
+    def open_by_template(self, batch_id: int | None = None) -> dict[tuple[str, str], int]:
+        """{(template, channel): n} of notifications still to send, in one batch or all."""
+        sql = "SELECT template, channel, COUNT(*) FROM notifications WHERE status IN ('pending', 'sending')"
+        args: tuple[Any, ...] = ()
+        if batch_id is not None:
+            sql += " AND batch_id = ?"
+            args = (batch_id,)
+        return {(r[0], r[1]): r[2] for r in self.conn.execute(sql + " GROUP BY template, channel", args)}
+
     def mark(self, seqs: Sequence[int], status: str) -> None:
         now = time.time()
         self.conn.executemany(
             "UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ? WHERE seq = ?",
             [(status, now, s) for s in seqs],
         )
+
+    def release(self, seqs: Iterable[int]) -> int:
+        """Rows marked 'sending' whose request never left this process go back to 'pending'."""
+        cur = self.conn.executemany(
+            "UPDATE notifications SET status = 'pending', attempts = attempts - 1 WHERE seq = ? AND status = 'sending'",
+            [(s,) for s in seqs],
+        )
+        return max(cur.rowcount, 0)
+
+    def unknown_reasons(self) -> dict[str, int]:
+        """Why notifications stay 'unknown': {reason: n}."""
+        return {
+            str(r[0]): r[1]
+            for r in self.conn.execute(
+                "SELECT COALESCE(reason, 'no reason recorded'), COUNT(*) FROM notifications"
+                " WHERE status = 'unknown' GROUP BY 1 ORDER BY 2 DESC"
+            )
+        }
 
     def record(self, outcomes: Iterable[Outcome]) -> None:
         now = time.time()

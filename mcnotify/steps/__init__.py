@@ -9,10 +9,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mcnotify.config import Settings
-from mcnotify.errors import Stopped
+from mcnotify.errors import DryRunRefused, Stopped
 from mcnotify.state import StateStore
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any
+
     from mcnotify.mc.client import McClient
 
 
@@ -38,6 +42,7 @@ class Context:
     store: StateStore
     progress: Callable[[str], None] = _log
     sleep: Callable[[float], None] = _sleep
+    dry_run: bool = False  # a preview: the store is read-only and MC and SFTP refuse to act
     _client: McClient | None = field(default=None, repr=False)
 
     def mc(self) -> McClient:
@@ -46,9 +51,20 @@ class Context:
             from mcnotify.mc.client import McClient
 
             section = self.settings.section("marketing_cloud")
-            tokens = TokenProvider(section, TokenCache(None if self.store.memory else self.store.path))
-            self._client = McClient(section, tokens, sleep=self.sleep)
+            if self.dry_run:
+                self._client = _refusing_client(section)
+            else:
+                tokens = TokenProvider(section, TokenCache(None if self.store.memory else self.store.path))
+                self._client = McClient(section, tokens, sleep=self.sleep)
         return self._client
+
+    def upload(self, section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
+        """Upload a file to MC's SFTP; refused in a dry run, where the side effect would happen."""
+        if self.dry_run:
+            raise DryRunRefused(f"dry run: refusing to upload {remote_name} over SFTP")
+        from mcnotify.mc import sftp  # paramiko is slow to import
+
+        return sftp.upload(section, local_path, remote_name)
 
     @property
     def stopping(self) -> bool:
@@ -61,3 +77,19 @@ class Context:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _refusing_client(section: Mapping[str, Any]) -> McClient:
+    """An MC client for a dry run: any request (a token included) raises instead of reaching MC."""
+    from mcnotify.mc.auth import TokenCache, TokenProvider
+    from mcnotify.mc.client import McClient
+
+    class RefusingClient(McClient):
+        def call(self, method: str, path: str, **_: Any) -> Any:
+            raise DryRunRefused(f"dry run: refusing to call Marketing Cloud ({method} {path})")
+
+    class RefusingTokens(TokenProvider):
+        def get(self) -> Any:
+            raise DryRunRefused("dry run: refusing to request a Marketing Cloud token")
+
+    return RefusingClient(section, RefusingTokens(section, TokenCache(None)))

@@ -347,10 +347,8 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
                 store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
             report.note = "nothing to upload"
             return
-        from mcnotify.mc import sftp  # paramiko is slow to import
-
         ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section['host']}")
-        remote = sftp.upload(sftp_section, Path(tmp), sftp_section["file_name"])
+        remote = ctx.upload(sftp_section, Path(tmp), sftp_section["file_name"])
     finally:
         os.unlink(tmp)
     report.remote_path = remote
