@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from mcnotify.config import Template
 from mcnotify.state import StateStore
 
 STEPS = ("sync", "wait-import", "send-email", "send-sms")
@@ -56,16 +58,34 @@ def batch_view(store: StateStore, batch_id: int) -> dict[str, Any] | None:
     }
 
 
-def status(store: StateStore, limit: int = 10) -> dict[str, Any]:
+# Why an 'unknown' stays unknown: MC's delivery records are looked up by the recipientSendId that MC's reply
+# carries, and for these the reply is exactly what was lost.
+UNKNOWN_WHY = (
+    "triggered sends whose request may have reached MC but whose reply was lost (or a crash hid it); never resent "
+    "(at most once). MC's delivery records need the recipientSendId that reply carried, so they cannot settle "
+    "these: check them in MC's tracking (Email Studio sends) by subscriber key"
+)
+
+
+def status(store: StateStore, limit: int = 10, templates: Mapping[str, Template] | None = None) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for (_, status_name), n in store.counts().items():
         totals[status_name] = totals.get(status_name, 0) + n
     batches = [v for b in store.batches(limit=limit) if (v := batch_view(store, b.id))]
     runs = store.runs(limit=5)
+    unknown = store.unknown_reasons()
+    held: dict[str, int] = {}
+    if templates is not None:
+        for (name, channel), n in store.open_by_template().items():
+            template = templates.get(name)
+            if template is None or template.channel != channel:
+                held[name] = held.get(name, 0) + n
     return {
         "state": str(store.path),
         "watermark": store.get_meta("source.watermark"),
         "totals": totals,
+        "unknown": {"count": sum(unknown.values()), "why": UNKNOWN_WHY if unknown else "", "reasons": unknown},
+        "held": held,
         "batches": batches,
         "recent_runs": [
             {k: r[k] for k in ("id", "command", "started_at", "finished_at", "exit_code", "error")} for r in runs

@@ -14,7 +14,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable
+from mcnotify.errors import ConfigError, McApiError, McnotifyError, ServiceUnavailable, TransientMcError
 from mcnotify.mc import rest, soap
 from mcnotify.mc.auth import TokenCache, TokenProvider
 from mcnotify.mc.client import McClient
@@ -153,7 +153,7 @@ def test_soap_fault_parsing() -> None:
         '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault>'
         "<faultcode>s:Server</faultcode><faultstring>Rate Limited</faultstring></s:Fault></s:Body></s:Envelope>"
     )
-    with pytest.raises(Exception, match="throttled"):
+    with pytest.raises(TransientMcError, match="throttled"):
         soap.check_fault(500, fault)
     soap.check_fault(200, "<ok/>")
 
@@ -183,7 +183,7 @@ def test_state_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.db")
     store.conn.execute("PRAGMA user_version = 99")
     store.close()
-    with pytest.raises(Exception, match="newer mcnotify"):
+    with pytest.raises(McnotifyError, match="newer mcnotify"):
         StateStore(tmp_path / "s.db")
 
 

@@ -66,6 +66,9 @@ def _render_send(r: Any, dry_run: bool) -> None:
         )
         _render_samples(r.samples, f"send-{r.channel} sample")
         return
+    if r.held:
+        shown = ", ".join(f"{t} ({n})" for t, n in sorted(r.held.items()))
+        out.print(f"send-{r.channel}: held, kept pending until their template is back in the config: {shown}")
     if not r.batches and not r.failed:
         out.print(f"send-{r.channel}: {r.note}")
         return
@@ -98,6 +101,14 @@ def _secs(value: float | None) -> str:
 def render_status(data: dict[str, Any]) -> None:
     totals = ", ".join(f"{k} {v}" for k, v in sorted(data["totals"].items())) or "nothing yet"
     out.print(f"state {data['state']} · watermark {data['watermark']} · notifications: {totals}", markup=False)
+    if data.get("held"):
+        shown = ", ".join(f"{t} ({n})" for t, n in sorted(data["held"].items()))
+        out.print(f"held, kept pending until their template is back in the config: {shown}", markup=False)
+    unknown = data.get("unknown") or {}
+    if unknown.get("count"):
+        out.print(f"unknown {unknown['count']}: {unknown['why']}", markup=False)
+        for reason, n in unknown["reasons"].items():
+            out.print(f"  {n} × {reason}", markup=False)
     table = Table(
         "batch",
         "created",

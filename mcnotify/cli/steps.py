@@ -76,7 +76,7 @@ def status(json_out: JsonOut = False, limit: Annotated[int, typer.Option(help="H
     """Recent batches with each step's state, counts and durations."""
     from mcnotify import report
 
-    data = _read_only(lambda ctx: report.status(ctx.store, limit))
+    data = _read_only(lambda ctx: report.status(ctx.store, limit, ctx.settings.templates))
     if json_out:
         out.print_json(json.dumps(data, default=str))
     else:
@@ -162,7 +162,7 @@ def demo() -> None:
         resent = sum(r.sent for r in again.sends)
         out.print(f"second run-all: {resent} sent (nothing is ever sent twice)")
         with open_context(settings, lock=False) as ctx:
-            render_status(report.status(ctx.store))
+            render_status(report.status(ctx.store, templates=settings.templates))
             invalid = ctx.store.invalid_rows()
         if invalid:
             table = Table("notification", "template", "contact", "reason", title="quarantined (never uploaded)")

@@ -9,12 +9,13 @@ outcome a crash or a lost reply hid is recorded 'unknown', never sent again.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcnotify.errors import McnotifyError
+from mcnotify.errors import AuthExpired, DryRunRefused, ServiceUnavailable, Stopped
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
@@ -40,6 +41,7 @@ class SendReport:
     waiting: list[int] = field(default_factory=list)
     note: str = ""
     samples: list[dict[str, Any]] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)  # template the config no longer has -> rows kept pending
 
 
 def _ready(batch: Batch, channel: str) -> bool:
@@ -80,10 +82,19 @@ def _tally(report: SendReport, outcomes: Sequence[Outcome]) -> None:
             report.unknown += 1
 
 
+def _configured(ctx: Context, template: str, channel: str) -> bool:
+    """A template the config still has, for this channel. Rows of any other are held, not failed: they go out
+    once the template is back."""
+    found = ctx.settings.templates.get(template)
+    return found is not None and found.channel == channel
+
+
 def _chunks(ctx: Context, batch_id: int, channel: str, size: int) -> Iterator[list[Notification]]:
     """The batch's sendable notifications in chunks of one template each, read page by page so a large batch
-    is never in memory."""
+    is never in memory. Templates the config no longer has are skipped (see `held`)."""
     for template in ctx.store.templates(batch_id, channel):
+        if not _configured(ctx, template, channel):
+            continue
         after = 0
         while page := ctx.store.work(
             batch_id, channel, (PENDING, SENDING), template=template, after=after, limit=size * 20
@@ -93,26 +104,41 @@ def _chunks(ctx: Context, batch_id: int, channel: str, size: int) -> Iterator[li
                 yield page[start : start + size]
 
 
+def held(ctx: Context, channel: str | None = None) -> dict[str, int]:
+    """{template: n} of notifications waiting for a template the config no longer has (for this channel)."""
+    return {
+        template: n
+        for (template, ch), n in ctx.store.open_by_template().items()
+        if (channel is None or ch == channel) and not _configured(ctx, template, ch)
+    }
+
+
 def _run_pool(
     ctx: Context,
     report: SendReport,
     jobs: Iterator[tuple[Callable[[], list[Outcome]], int]],
     throttle: Throttle,
     limiter: RateLimiter,
+    on_submit: Callable[[int], None] | None = None,
 ) -> None:
     """Run jobs with at most `throttle.limit` in flight; record each result as it lands, in one transaction per
-    call. On a fatal error, let the in-flight ones finish and be recorded, then re-raise."""
+    call. On a fatal error, let the in-flight ones finish and be recorded, then re-raise. `on_submit(i)` runs in
+    this thread just before job i is handed to the pool."""
     failure: BaseException | None = None
     last_progress = time.monotonic()  # a running count once a second; a short send logs only its result
     with cf.ThreadPoolExecutor(max_workers=throttle.maximum, thread_name_prefix="mcnotify-send") as pool:
         in_flight: set[cf.Future[list[Outcome]]] = set()
         job_iter = iter(jobs)
+        submitted = 0
         while True:
             while failure is None and not ctx.stopping and len(in_flight) < throttle.limit:
                 nxt = next(job_iter, None)
                 if nxt is None:
                     break
                 limiter.acquire(nxt[1])
+                if on_submit is not None:
+                    on_submit(submitted)
+                submitted += 1
                 in_flight.add(pool.submit(nxt[0]))
             if not in_flight:
                 break
@@ -163,7 +189,15 @@ def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel
     _run_pool(ctx, report, jobs, *_flow(ctx, channel))
 
 
+# The client raises these only for a request MC never acted on (not reached, refused, or cut by a stop before it
+# left): the row may be sent again.
+_NOT_SENT = (ServiceUnavailable, AuthExpired, Stopped, DryRunRefused)
+
+
 def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
+    """One request per notification, and no key to make a repeat harmless. So each row is marked 'sending' just
+    before its own request is handed to the pool, and whatever way this ends (done, an error, a stop), rows whose
+    request never left go back to 'pending'. Only a row whose request may have reached MC can end 'unknown'."""
     from mcnotify.mc import rest
     from mcnotify.mc.client import OutcomeUnknown
 
@@ -182,43 +216,55 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
         _tally(report, stale)
     fresh = [n for n in rows if n.status == PENDING]
     throttle, limiter = _flow(ctx, "email")
-    wave = throttle.maximum
+    marked: list[int] = []  # seqs marked 'sending', in submit order
+    left: set[int] = set()  # seqs whose request was handed to the HTTP client (worker threads add)
+    unsent: set[int] = set()  # of those, seqs the client says never reached MC
 
     def job(n: Notification) -> Callable[[], list[Outcome]]:
-        key = ctx.settings.templates[n.template].definition_key
-
         def call() -> list[Outcome]:
+            key = ctx.settings.templates[n.template].definition_key
+            recipient = _recipient(ctx, n)
+            if ctx.stopping:
+                raise Stopped("stopped before the request was sent")
+            left.add(n.seq)
             try:
-                verdict = rest.send_triggered(client, key, _recipient(ctx, n), n.from_name, section["from_address"])
+                verdict = rest.send_triggered(client, key, recipient, n.from_name, section["from_address"])
             except OutcomeUnknown as exc:
                 return [Outcome(n.seq, UNKNOWN, None, f"reply lost ({exc}); not resent to avoid a duplicate")]
+            except _NOT_SENT:
+                unsent.add(n.seq)
+                raise
+            except Exception as exc:  # after the request left: MC may have acted on it
+                reason = f"no usable reply ({type(exc).__name__}: {exc}); not resent to avoid a duplicate"
+                return [Outcome(n.seq, UNKNOWN, None, reason)]
             return [_outcome(n, verdict)]
 
         return call
 
-    for start in range(0, len(fresh), wave):
-        group = fresh[start : start + wave]
+    def mark(index: int) -> None:
+        seq = fresh[index].seq
         with ctx.store.transaction():
-            ctx.store.mark([n.seq for n in group], SENDING)
-        try:
-            _run_pool(ctx, report, ((job(n), 1) for n in group), throttle, limiter)
-        except McnotifyError:
-            # These never reached MC (the client only gives up on requests that are safe to repeat).
+            ctx.store.mark([seq], SENDING)
+        marked.append(seq)
+
+    try:
+        _run_pool(ctx, report, ((job(n), 1) for n in fresh), throttle, limiter, on_submit=mark)
+    finally:
+        # Never left, or never reached MC: send again later. (A row whose outcome was recorded is no longer
+        # 'sending', so release leaves it alone.)
+        back = [seq for seq in marked if seq not in left or seq in unsent]
+        if back:
             with ctx.store.transaction():
-                ctx.store.conn.executemany(
-                    "UPDATE notifications SET status = 'pending' WHERE seq = ? AND status = 'sending'",
-                    [(n.seq,) for n in group],
-                )
-            raise
+                ctx.store.release(back)
 
 
 def _sample(ctx: Context, n: Notification) -> dict[str, Any]:
-    template = ctx.settings.templates[n.template]
+    template = ctx.settings.templates.get(n.template)
     return {
         "batch": n.batch_id,
         "notification_id": n.notification_id,
         "template": n.template,
-        "definition_key": template.definition_key,
+        "definition_key": template.definition_key if template else "(not in the config: held)",
         "to": mask_contact(n.channel, n.address),
         "from_name": n.from_name or "",
         "message_key": n.message_key or "",
@@ -230,10 +276,20 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
     step = f"send-{channel}"
     waiting = [b.id for b in store.batches("claiming", "claimed", "uploaded", "importing")]
     report.waiting = waiting
+    report.held = held(ctx, channel)
+    if report.held:
+        shown = ", ".join(f"{t!r} ({n})" for t, n in sorted(report.held.items()))
+        logging.getLogger("mcnotify").warning(
+            "%s: notifications held for template(s) no longer in the config, kept pending until they return: %s",
+            step,
+            shown,
+        )
     for batch in store.batches("imported"):
         if not _ready(batch, channel):
             continue
-        pending = store.open_work(batch.id, channel)
+        pending = store.open_work(batch.id, channel) - sum(
+            n for t, n in store.open_by_template(batch.id).items() if t[1] == channel and not _configured(ctx, *t)
+        )
         if channel == "email" and batch.import_status == "Error" and pending:
             if dry_run:
                 report.note = f"batch {batch.id}: import failed, its emails would be marked failed"
@@ -247,8 +303,8 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
                 report.batches.append(batch.id)
                 report.sent += pending  # "would send"
                 want = max(0, 5 - len(report.samples))
-                sample = store.work(batch.id, channel, (PENDING, SENDING), limit=want) if want else []
-                report.samples += [_sample(ctx, n) for n in sample]
+                sample = store.work(batch.id, channel, (PENDING, SENDING), limit=want * 4) if want else []
+                report.samples += [_sample(ctx, n) for n in sample if _configured(ctx, n.template, channel)][:want]
             continue
         if pending:
             report.batches.append(batch.id)
