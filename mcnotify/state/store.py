@@ -251,7 +251,7 @@ class StateStore:
             ],
         )
 
-    _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status != 'invalid'"
+    _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status NOT IN ('invalid', 'expired')"
 
     def resolve_email_conflicts(self, batch_id: int) -> list[str]:
         """A subscriber key seen with several emails in a batch: the newest row's email wins for all its
@@ -269,7 +269,8 @@ class StateStore:
             self.conn.execute(
                 "UPDATE notifications SET address = (SELECT newest.address FROM notifications AS newest"
                 f"  WHERE newest.batch_id = notifications.batch_id AND newest.channel = 'email'"
-                "   AND newest.status != 'invalid' AND newest.subscriber_key = notifications.subscriber_key"
+                "   AND newest.status NOT IN ('invalid', 'expired')"
+                "   AND newest.subscriber_key = notifications.subscriber_key"
                 "  ORDER BY newest.seq DESC LIMIT 1)"
                 f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, *chunk),
