@@ -42,6 +42,21 @@ def decode_row(row: dict[str, Any], encoding: str = "utf-8") -> dict[str, Any]:
     return row
 
 
+def max_age_note(section: Mapping[str, Any]) -> str | None:
+    """What `config check` says about the first-run protection when it may not hold."""
+    if float(section["max_age"]) <= 0:
+        return "source.max_age = 0: protection off, a new state file sends every row of the source"
+    found = selects_created_at(section["query"])
+    if found is False:
+        return (
+            f"source.max_age protection is off: the query does not select {CREATED_AT}, so a new state file"
+            " would send every row of the source"
+        )
+    if found is None:
+        return f"source.max_age holds only if the query's rows have a {CREATED_AT} column (SELECT * hides it)"
+    return None
+
+
 def selects_created_at(query: str) -> bool | None:
     """Whether the query's text names `created_at` (None: `SELECT *`, cannot tell from the text)."""
     if re.search(r"\bcreated_at\b", query, re.IGNORECASE):

@@ -6,10 +6,15 @@ asserts what an operator notices: exit code, one clear line, nothing sent twice,
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import Env
 from tests.helpers import QUERY, run_cli
@@ -168,3 +173,102 @@ def test_a_query_ordered_by_another_column_stops_in_later_pages_too(env: Env, ap
     fixed = run_cli(env.config, "run-all")
     assert fixed.exit_code == 0, fixed.output
     assert len(message_keys(env)) == 2599 + 10 and set(message_keys(env).values()) == {1}
+
+
+# -- item 6: a lost state file must stop the run, and a fresh one must not resend the past --------------------
+
+
+def _lose_state(env: Env, how: str) -> None:
+    path = env.state_path
+    if how == "deleted":
+        path.unlink()
+    elif how == "emptied":
+        os.truncate(path, 0)
+    else:  # a deploy put another (empty) file in its place
+        replacement = path.with_suffix(".new")
+        replacement.write_bytes(b"not a state file")
+        replacement.replace(path)
+
+
+@pytest.mark.parametrize("when", ["upload", "send"])
+@pytest.mark.parametrize("how", ["deleted", "emptied", "replaced"])
+def test_a_state_file_lost_mid_run_stops_the_run_with_one_line(
+    env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch, how: str, when: str
+) -> None:
+    from mcnotify.mc import rest, sftp
+
+    app_db([row(i, f"m-{i}", f"member{i}@example.com") for i in range(1, 11)])
+    module, name = (sftp, "upload") if when == "upload" else (rest, "send_transactional")
+    original = getattr(module, name)
+
+    def lose_then_call(*args: Any, **kwargs: Any) -> Any:
+        if env.state_path.exists() and env.state_path.stat().st_size and not lost:
+            lost.append(how)
+            _lose_state(env, how)
+        return original(*args, **kwargs)
+
+    lost: list[str] = []
+    monkeypatch.setattr(module, name, lose_then_call)
+    result = run_cli(env.config, "run-all")
+    assert lost and result.exit_code not in (0, 75), result.output
+    (line,) = error_lines(result.output)
+    assert f"state file {env.state_path} was {how}" in line and "while mcnotify was running" in line
+    if when == "upload":
+        assert env.accepted() == []
+
+
+def _timed_source(env: Env, rows: list[tuple[Any, ...]]) -> None:
+    with env.mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS notifications")
+        cur.execute(
+            "CREATE TABLE notifications (notification_id BIGINT PRIMARY KEY, template VARCHAR(64),"
+            " subscriber_key VARCHAR(300), email VARCHAR(400), phone VARCHAR(64), sender_name TEXT,"
+            " created_at DATETIME) CHARACTER SET utf8mb4"
+        )
+        cur.executemany("INSERT INTO notifications VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+    env.write(
+        source={
+            "query": "SELECT notification_id, template, subscriber_key, email, phone, sender_name, created_at"
+            " FROM notifications WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s"
+        }
+    )
+
+
+def test_a_fresh_state_sends_nothing_older_than_max_age(env: Env) -> None:
+    now = datetime.datetime.now().replace(microsecond=0)
+    old, recent = now - datetime.timedelta(hours=72), now - datetime.timedelta(hours=1)
+    rows: list[tuple[Any, ...]] = [
+        (i, "envelope-received", f"m-{i}", f"member{i}@example.com", None, "Luffy", old) for i in range(1, 6)
+    ]
+    rows += [(i, "envelope-received", f"m-{i}", f"member{i}@example.com", None, "Luffy", recent) for i in (6, 7)]
+    rows += [(8, "envelope-received-sms", "m-8", None, "0912345678", "Luffy", old)]
+    _timed_source(env, rows)
+    assert "protection is off" not in run_cli(env.config, "config", "check").output  # it selects created_at
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert set(message_keys(env)) == {"mcn-email-6", "mcn-email-7"}
+    state = state_rows(env)
+    for nid in ("1", "2", "3", "4", "5", "8"):
+        assert state[nid][0] == "expired" and "older than source.max_age (48 h)" in state[nid][1], state[nid]
+    totals = json.loads(run_cli(env.config, "status", "--json").stdout)["totals"]
+    assert totals == {"expired": 6, "sent": 2}
+    # Expired subscribers were not uploaded either.
+    uploaded = (env.import_dir / "mcnotify-subscribers.csv").read_text()
+    assert "m-6" in uploaded and "m-1," not in uploaded
+    # max_age = 0 turns it off.
+    env.state_path.unlink()
+    env.write(source={"max_age": 0})
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert set(message_keys(env)) >= {"mcn-email-1", "mcn-sms-8"}
+
+
+def test_without_created_at_config_check_and_sync_say_the_protection_is_off(env: Env, app_db: Any) -> None:
+    app_db([row(1, "m-1", "one@example.com")])
+    check = run_cli(env.config, "config", "check")
+    assert check.exit_code == 0
+    assert "source.max_age protection is off: the query does not select created_at" in check.output
+    as_json = json.loads(run_cli(env.config, "config", "check", "--json").stdout)
+    assert any("protection is off" in note for note in as_json["notes"])
+    result = run_cli(env.config, "sync")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("returns no created_at column") == 1

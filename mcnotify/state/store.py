@@ -98,6 +98,10 @@ class Outcome:
     reason: str | None = None
 
 
+class StateFileLost(McnotifyError):
+    """The state file vanished or was replaced under a running process."""
+
+
 class StateStore:
     def __init__(self, path: Path, memory: bool = False) -> None:
         """`memory`: an empty throw-away state (dry runs before the first real run)."""
@@ -116,6 +120,10 @@ class StateStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            # The file this process works on: checked at each transaction, so a state file deleted, emptied or
+            # replaced under a running process stops it instead of filling an unlinked inode (or a new file
+            # that starts again from watermark 0).
+            self._identity = None if memory else self._file_identity()
         except (sqlite3.Error, OSError) as exc:
             raise McnotifyError(f"cannot open state file {path}: {exc}") from None
         self._lock_fd: int | None = None
@@ -127,9 +135,11 @@ class StateStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.check_identity()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.check_identity()  # gone while we wrote: what we would commit would be lost
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -452,3 +462,28 @@ class StateStore:
                 " FROM runs r GROUP BY command ORDER BY command"
             )
         ]
+
+    # -- source / claim (issue 9) --------------------------------------------------------------------------
+    def _file_identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def check_identity(self) -> None:
+        """Stop when the state file is no longer the one this process opened."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            problem = "was deleted"
+        else:
+            if (st.st_dev, st.st_ino) != self._identity:
+                problem = "was replaced"
+            elif st.st_size == 0:
+                problem = "was emptied"
+            else:
+                return
+        raise StateFileLost(
+            f"state file {self.path} {problem} while mcnotify was running; stopped without recording more"
+            " (a new state file sends nothing older than source.max_age)"
+        )
