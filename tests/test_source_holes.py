@@ -272,3 +272,48 @@ def test_without_created_at_config_check_and_sync_say_the_protection_is_off(env:
     result = run_cli(env.config, "sync")
     assert result.exit_code == 0, result.output
     assert result.output.count("returns no created_at column") == 1
+
+
+# -- item 8: an import start is not repeated blindly ---------------------------------------------------------
+
+
+def import_runs(env: Env) -> int:
+    return len(env.sandbox.account.tasks)
+
+
+@pytest.mark.sandbox(import_lag=1.0)
+@pytest.mark.parametrize("fault", ["accepted-then-500", "reset", "500"])
+def test_a_lost_reply_to_the_import_start_never_starts_it_twice(env: Env, app_db: Any, fault: str) -> None:
+    # accepted-then-500: MC started it but the reply is lost; reset / 500: MC never acted on it.
+    app_db([row(i, f"m-{i}", f"member{i}@example.com") for i in range(1, 6)])
+    env.sandbox.account.inject(fault, times=1, path_prefix="/Service.asmx")
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert import_runs(env) == 1
+    assert message_keys(env) == Counter({f"mcn-email-{i}": 1 for i in range(1, 6)})
+
+
+def test_a_crash_after_the_import_start_is_resolved_by_a_look_up(
+    env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcnotify.mc import soap
+
+    app_db([row(i, f"m-{i}", f"member{i}@example.com") for i in range(1, 6)])
+    start = soap.start_import
+
+    def start_then_crash(*args: Any, **kwargs: Any) -> str:
+        start(*args, **kwargs)
+        raise RuntimeError("killed before the task id was recorded")
+
+    monkeypatch.setattr(soap, "start_import", start_then_crash)
+    assert run_cli(env.config, "sync").exit_code == 1
+    assert import_runs(env) == 1
+    monkeypatch.setattr(soap, "start_import", start)
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert import_runs(env) == 1
+    assert message_keys(env) == Counter({f"mcn-email-{i}": 1 for i in range(1, 6)})
+    # The next batch's start is not mistaken for a run of the first one, nor the first for the second.
+    app_db([row(i, f"m-{i}", f"member{i}@example.com") for i in range(6, 9)])
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert import_runs(env) == 2 and len(message_keys(env)) == 8

@@ -487,3 +487,20 @@ class StateStore:
             f"state file {self.path} {problem} while mcnotify was running; stopped without recording more"
             " (a new state file sends nothing older than source.max_age)"
         )
+
+    def note_import_start(self, batch_id: int) -> None:
+        """Before the import's start request: a crash from here on is resolved by a look-up, not a second start."""
+        self.update_batch(batch_id, import_status="starting")
+        self.set_meta(f"import.start_attempt.{batch_id}", time.time())
+
+    def import_start_attempt(self, batch_id: int) -> float | None:
+        value = self.get_meta(f"import.start_attempt.{batch_id}")
+        return float(value) if isinstance(value, int | float) else None
+
+    def forget_import_start(self, batch_id: int, import_status: str | None = None) -> None:
+        self.conn.execute("DELETE FROM meta WHERE key = ?", (f"import.start_attempt.{batch_id}",))
+        self.update_batch(batch_id, import_status=import_status)
+
+    def import_task_ids(self) -> set[str]:
+        """Every import task a batch has recorded: none of them can be another batch's lost start."""
+        return {r[0] for r in self.conn.execute("SELECT import_task_id FROM batches WHERE import_task_id IS NOT NULL")}

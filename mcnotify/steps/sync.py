@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mcnotify.config import Settings
-from mcnotify.errors import ConfigError
+from mcnotify.errors import ConfigError, McnotifyError
 from mcnotify.redact import mask_contact
 from mcnotify.source import CREATED_AT, NOT_TEXT, REQUIRED_COLUMNS, Source, open_source
 from mcnotify.state.store import INVALID, PENDING, NewNotification
@@ -510,23 +510,86 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
         )
 
 
-def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
-    from mcnotify.mc import soap
+# A start whose reply was lost: how long MC may take to list the run before we conclude it never started
+# (in polls of import.poll_interval), and how far MC's clock may be behind ours.
+START_SETTLE_POLLS = 20
+CLOCK_SKEW = 120.0
+START_ATTEMPTS = 3
 
+
+def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
     imp = ctx.settings.section("import")
     task_id = None
     if imp["mode"] == "import-definition":
-        task_id = soap.start_import(ctx.mc(), imp["definition_key"])
-        ctx.progress(f"sync: started import {imp['definition_key']!r}, task {task_id}")
+        task_id = _start_once(ctx, batch_id, imp["definition_key"])
     with ctx.store.transaction():
-        ctx.store.update_batch(
-            batch_id,
-            status="importing",
-            import_task_id=task_id,
-            import_status="New" if task_id else "waiting",
-        )
+        ctx.store.forget_import_start(batch_id, "New" if task_id else "waiting")
+        ctx.store.update_batch(batch_id, status="importing", import_task_id=task_id)
         ctx.store.step_finished(batch_id, "sync", "done", f"{report.csv_rows or 'all'} subscribers uploaded")
     report.task_id = task_id
+
+
+def _start_once(ctx: Context, batch_id: int, key: str) -> str:
+    """Start MC's import for the batch at most once. The start is recorded before it is sent; when its reply
+    is lost (or we crashed before recording the task), MC's list of the definition's runs says whether it
+    started, and only a start MC provably never made is sent again."""
+    from mcnotify.mc import soap
+    from mcnotify.mc.client import OutcomeUnknown
+
+    store = ctx.store
+    batch = store.batch(batch_id)
+    assert batch is not None
+    if batch.import_status == "starting" and (task_id := _started_run(ctx, batch_id, key)):
+        return task_id
+    for _ in range(START_ATTEMPTS):
+        with store.transaction():
+            store.note_import_start(batch_id)
+        try:
+            task_id = soap.start_import(ctx.mc(), key)
+        except OutcomeUnknown as exc:
+            ctx.progress(f"sync: the start of import {key!r} may or may not have reached MC ({exc}); asking MC")
+            if task_id := _started_run(ctx, batch_id, key):
+                return task_id
+            ctx.progress(f"sync: MC lists no new run of import {key!r}: it never started; starting it again")
+            continue
+        except McnotifyError:
+            with store.transaction():  # MC answered: it did not start the import
+                store.forget_import_start(batch_id)
+            raise
+        ctx.progress(f"sync: started import {key!r}, task {task_id}")
+        return task_id
+    raise McnotifyError(
+        f"sync: MC did not confirm a start of import {key!r} after {START_ATTEMPTS} tries; the next run asks again"
+    )
+
+
+def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
+    """The task of the import run the batch's lost start began, if MC lists one: the newest run of the
+    definition that started after the upload and that no batch has recorded. Asks again until MC has had
+    START_SETTLE_POLLS polls' time since the attempt to list it (its summary lags the start)."""
+    from mcnotify.mc import soap
+
+    store = ctx.store
+    batch = store.batch(batch_id)
+    assert batch is not None
+    poll = float(ctx.settings.section("import")["poll_interval"])
+    attempted = store.import_start_attempt(batch_id) or time.time()
+    since = (batch.uploaded_at or attempted) - CLOCK_SKEW
+    known = store.import_task_ids()
+    while True:
+        runs = [
+            r
+            for r in soap.import_runs(ctx.mc(), key)
+            if r.task_id not in known and r.started_at is not None and r.started_at >= since
+        ]
+        if runs:
+            run = max(runs, key=lambda r: r.started_at or 0.0)
+            ctx.progress(f"sync: MC lists import {key!r} as started for batch {batch_id}: task {run.task_id}")
+            return run.task_id
+        if time.time() >= attempted + START_SETTLE_POLLS * poll:
+            return None
+        ctx.sleep(poll)
+        ctx.check_stop()
 
 
 def run(ctx: Context, dry_run: bool = False) -> SyncReport:
