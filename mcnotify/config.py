@@ -87,6 +87,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fetch_size": Key(int, 5000, check=_between(1, 1_000_000)),
         "parallel_after": Key(int, 20_000, check=_between(0, 100_000_000)),
         "connect_timeout": Key(float, 10.0, check=_between(0.1, 600)),
+        # Hours: a row whose created_at is older is recorded `expired`, never sent (0: off).
+        "max_age": Key(float, 48.0, check=_between(0, 100_000)),
     },
     "marketing_cloud": {
         "auth_url": Key(str, required=True, check=check_https_url),

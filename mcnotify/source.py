@@ -6,6 +6,8 @@ The operator's query gets `%(after)s` and `%(limit)s` as bound parameters, never
 from __future__ import annotations
 
 import contextlib
+import decimal
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
@@ -16,6 +18,52 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 REQUIRED_COLUMNS = ("notification_id", "template", "subscriber_key", "email", "phone")
+# Added to a row whose text columns held bytes that are not valid in the source's encoding: those columns'
+# names. Their text has the bad bytes replaced (U+FFFD); the classifier decides whether the row can still go.
+# (No SQL column can be named with a NUL.)
+NOT_TEXT = "\x00mcnotify:not-text"
+# The event time a query may return; `source.max_age` is measured on it.
+CREATED_AT = "created_at"
+
+
+def decode_row(row: dict[str, Any], encoding: str = "utf-8") -> dict[str, Any]:
+    """Text and BLOB values arrive as bytes (the drivers are told not to decode, so one bad byte cannot fail the
+    whole read): decoded here, strictly where possible, with replacement characters where not."""
+    bad: list[str] | None = None
+    for key, value in row.items():
+        if isinstance(value, bytes | bytearray):
+            try:
+                row[key] = value.decode(encoding)
+            except UnicodeDecodeError:
+                row[key] = value.decode(encoding, "replace")
+                bad = [key] if bad is None else [*bad, key]
+    if bad:
+        row[NOT_TEXT] = tuple(bad)
+    return row
+
+
+def max_age_note(section: Mapping[str, Any]) -> str | None:
+    """What `config check` says about the first-run protection when it may not hold."""
+    if float(section["max_age"]) <= 0:
+        return "source.max_age = 0: protection off, a new state file sends every row of the source"
+    found = selects_created_at(section["query"])
+    if found is False:
+        return (
+            f"source.max_age protection is off: the query does not select {CREATED_AT}, so a new state file"
+            " would send every row of the source"
+        )
+    if found is None:
+        return f"source.max_age holds only if the query's rows have a {CREATED_AT} column (SELECT * hides it)"
+    return None
+
+
+def selects_created_at(query: str) -> bool | None:
+    """Whether the query's text names `created_at` (None: `SELECT *`, cannot tell from the text)."""
+    if re.search(r"\bcreated_at\b", query, re.IGNORECASE):
+        return True
+    if re.search(r"select\s+(\w+\.)?\*", query, re.IGNORECASE):
+        return None
+    return False
 
 
 class Source(Protocol):
@@ -37,6 +85,11 @@ class MySQLSource:
         parts = urlsplit(url)
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self._pymysql = pymysql
+        # Text comes back as bytes and is decoded by decode_row: PyMySQL would raise on the first byte that is
+        # not valid in the connection's charset and fail the read on every run. DECIMAL's converter needs str.
+        conv = dict(pymysql.converters.conversions)
+        for decimal_type in (pymysql.constants.FIELD_TYPE.DECIMAL, pymysql.constants.FIELD_TYPE.NEWDECIMAL):
+            conv[decimal_type] = _decimal
         self._query = query
         self._fetch_size = fetch_size
         self._params: dict[str, Any] = {
@@ -50,10 +103,15 @@ class MySQLSource:
             "read_timeout": max(connect_timeout * 30, 60),
             "write_timeout": max(connect_timeout * 30, 60),
             "cursorclass": pymysql.cursors.SSDictCursor,
+            "use_unicode": False,
+            "conv": conv,
         }
         if "unix_socket" in options:
             self._params["unix_socket"] = options["unix_socket"]
         self._conn = self._connect()
+
+    def _encoding(self) -> str:
+        return str(getattr(self._conn, "encoding", None) or "utf-8")
 
     def _connect(self) -> Any:
         pymysql = self._pymysql
@@ -87,8 +145,10 @@ class MySQLSource:
             except pymysql.err.OperationalError as exc:
                 raise ServiceUnavailable(f"MySQL query failed: {exc.args[-1]}") from None
             check_columns([d[0] for d in cursor.description or ()])
+            encoding = self._encoding()
             while chunk := cursor.fetchmany(self._fetch_size):
-                yield from chunk
+                for row in chunk:
+                    yield decode_row(row, encoding)
         finally:
             cursor.close()
 
@@ -106,7 +166,10 @@ class SQLiteSource:
             self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"cannot open SQLite source {path}: {exc}") from None
+        self._path = path
         self._conn.row_factory = sqlite3.Row
+        # SQLite would raise "Could not decode to UTF-8" for a TEXT value with bad bytes: take bytes, decode here.
+        self._conn.text_factory = bytes
         self._query = query.replace("%(after)s", ":after").replace("%(limit)s", ":limit")
 
     def rows(self, after: Any, limit: int) -> Iterator[dict[str, Any]]:
@@ -115,11 +178,22 @@ class SQLiteSource:
         except sqlite3.Error as exc:
             raise ConfigError(f"[source] query failed: {exc}") from None
         check_columns([d[0] for d in cursor.description or ()])
-        for row in cursor:
-            yield dict(row)
+        while True:
+            try:
+                chunk = cursor.fetchmany(1000)
+            except sqlite3.Error as exc:  # the source's failure, not the state file's
+                raise ServiceUnavailable(f"reading SQLite source {self._path} failed: {exc}") from None
+            if not chunk:
+                return
+            for row in chunk:
+                yield decode_row(dict(row))
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _decimal(data: bytes | str) -> decimal.Decimal:
+    return decimal.Decimal(data.decode("ascii") if isinstance(data, bytes | bytearray) else data)
 
 
 def open_source(section: Mapping[str, Any]) -> Source:

@@ -4,7 +4,11 @@ an email that changed between batches, and dry runs that cannot write."""
 from __future__ import annotations
 
 import gc
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -180,3 +184,26 @@ def test_an_email_changed_in_a_later_batch_goes_to_the_newest_address(env: Env, 
     assert statuses(env) == {"sent": 2}
     assert per_contact(env) == {("red-envelope-received", "m-1", "new@example.com"): 2}
     assert env.sandbox.account.subscribers["m-1"] == "new@example.com"
+
+
+# -- Ctrl-C during triggered sends ---------------------------------------------------------------------------------
+def test_ctrl_c_during_triggered_sends_loses_nothing(env: Env, app_db: Any) -> None:
+    triggered(env)
+    env.sandbox.settings.latency = 0.02
+    app_db(event_rows(1, people(150)))
+    assert run_cli(env.config, "sync").exit_code == 0
+    assert run_cli(env.config, "wait-import").exit_code == 0
+    command = [sys.executable, "-m", "mcnotify", "-q", "--config", str(env.config), "send-email"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while len(env.accepted()) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 130, stderr
+    interrupted = statuses(env)
+    assert interrupted["sending"] == 0 and interrupted["unknown"] == 0, interrupted
+    assert 0 < interrupted["sent"] < 450 and interrupted["pending"] > 0
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert statuses(env) == {"sent": 450}
+    assert set(per_contact(env).values()) == {1} and sum(per_contact(env).values()) == 300

@@ -86,15 +86,20 @@ def status(json_out: JsonOut = False, limit: Annotated[int, typer.Option(help="H
 @config_app.command("check")
 def config_check(json_out: JsonOut = False) -> None:
     """Validate the config and print it with secrets redacted."""
+    from mcnotify.source import max_age_note
+
     settings = _settings()
     data = settings.redacted()
+    note = max_age_note(settings.section("source"))
     if json_out:
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps({**data, "notes": [note] if note else []}))
         return
     out.print(f"config {settings.path}: ok", markup=False)
     for section, values in data.items():
         for key, value in values.items():
             out.print(f"  {section}.{key} = {value!r}", markup=False)
+    if note:
+        out.print(f"note: {note}", markup=False)
 
 
 @app.command()

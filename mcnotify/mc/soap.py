@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -26,6 +27,10 @@ SUMMARY_PROPERTIES = (
     "EndDate",
 )
 FINAL_STATUSES = {"Completed", "Error"}
+# What finding an import run by its definition needs (all documented ImportResultsSummary properties).
+RUN_PROPERTIES = ("TaskResultID", "ImportDefinitionCustomerKey", "ImportStatus", "StartDate")
+# MC's SOAP dates without an offset are in MC's system time: Central Standard Time, no DST (UTC-6).
+MC_SYSTEM_TIME = datetime.timezone(datetime.timedelta(hours=-6))
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,28 @@ class ImportSummary:
     ok: int | None
     errors: int | None
     duplicates: int | None
+
+
+@dataclass(frozen=True)
+class ImportRun:
+    """One run of an import definition, as ImportResultsSummary lists it."""
+
+    task_id: str
+    status: str
+    started_at: float | None  # Unix time; None when MC gave no StartDate
+
+
+def mc_time(text: str | None) -> float | None:
+    """An MC SOAP dateTime as Unix time: with its offset if it has one, else in MC's system time."""
+    if not text:
+        return None
+    try:
+        value = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=MC_SYSTEM_TIME)
+    return value.timestamp()
 
 
 def envelope(token: str, body: str) -> str:
@@ -92,12 +119,16 @@ def check_fault(status: int, text: str) -> None:
 
 
 def start_import(client: McClient, customer_key: str) -> str:
+    """Start one run of the import definition. Not safe to repeat: a request that may have reached MC raises
+    mcnotify.mc.client.OutcomeUnknown instead of being retried (ask `import_runs` what happened)."""
     body = (
         '<PerformRequestMsg xmlns="http://exacttarget.com/wsdl/partnerAPI"><Action>start</Action>'
         '<Definitions><Definition xsi:type="ImportDefinition">'
         f"<CustomerKey>{escape(customer_key)}</CustomerKey></Definition></Definitions></PerformRequestMsg>"
     )
-    reply = client.call("POST", "Service.asmx", api="soap", soap=("Perform", lambda t: envelope(t, body)))
+    reply = client.call(
+        "POST", "Service.asmx", api="soap", soap=("Perform", lambda t: envelope(t, body)), idempotent=False
+    )
     root = _parse(reply.body)
     status = _text(root, "StatusCode")
     if status != "OK":
@@ -143,3 +174,29 @@ def import_summary(client: McClient, task_id: str) -> ImportSummary | None:
         errors=number("NumberErrors"),
         duplicates=number("NumberDuplicated"),
     )
+
+
+def import_runs(client: McClient, customer_key: str) -> list[ImportRun]:
+    """The runs MC lists for an import definition (Retrieve ImportResultsSummary filtered by
+    ImportDefinitionCustomerKey): how to learn whether a start whose reply was lost did start one."""
+    props = "".join(f"<Properties>{p}</Properties>" for p in RUN_PROPERTIES)
+    body = (
+        '<RetrieveRequestMsg xmlns="http://exacttarget.com/wsdl/partnerAPI"><RetrieveRequest>'
+        f"<ObjectType>ImportResultsSummary</ObjectType>{props}"
+        '<Filter xsi:type="SimpleFilterPart"><Property>ImportDefinitionCustomerKey</Property>'
+        f"<SimpleOperator>equals</SimpleOperator><Value>{escape(customer_key)}</Value></Filter>"
+        "</RetrieveRequest></RetrieveRequestMsg>"
+    )
+    reply = client.call("POST", "Service.asmx", api="soap", soap=("Retrieve", lambda t: envelope(t, body)))
+    root = _parse(reply.body)
+    overall = _text(root, "OverallStatus") or ""
+    if overall not in ("OK", "MoreDataAvailable"):
+        raise McApiError(f"MC could not list the runs of import definition {customer_key!r}: {overall or 'no status'}")
+    runs = []
+    for result in _find_all(root, "Results"):
+        task_id = _text(result, "TaskResultID")
+        key = _text(result, "ImportDefinitionCustomerKey")
+        if not task_id or (key is not None and key != customer_key):
+            continue
+        runs.append(ImportRun(task_id, _text(result, "ImportStatus") or "Unknown", mc_time(_text(result, "StartDate"))))
+    return runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import socket
@@ -14,7 +15,9 @@ from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
 
 from mcnotify.sandbox import rules
-from mcnotify.sandbox.model import Account
+from mcnotify.sandbox.model import Account, ImportTask
+
+MC_SYSTEM_TIME = datetime.timezone(datetime.timedelta(hours=-6))
 
 DOC = "https://developer.salesforce.com/docs/atlas.en-us.mc-apis.meta/mc-apis/error-handling.htm"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -479,28 +482,38 @@ class Handler(BaseHTTPRequestHandler):
             return next((el.text or "" for el in op.iter() if _local(el.tag) == name), "")
 
         ns = 'xmlns="http://exacttarget.com/wsdl/partnerAPI"'
-        if text("ObjectType") != "ImportResultsSummary" or text("Property") != "TaskResultID":
+        prop = text("Property")
+        if text("ObjectType") != "ImportResultsSummary" or prop not in ("TaskResultID", "ImportDefinitionCustomerKey"):
             self._soap_reply(
                 f"<RetrieveResponseMsg {ns}><OverallStatus>Error: unsupported retrieve"
                 "</OverallStatus></RetrieveResponseMsg>"
             )
             return
-        task = self.account.task_view(text("Value"))
-        results = ""
-        if task is not None:
-            results = (
-                f'<Results xsi:type="ImportResultsSummary"><ImportStatus>{task.status}</ImportStatus>'
-                f"<TaskResultID>{task.id}</TaskResultID>"
-                f"<ImportDefinitionCustomerKey>{escape(task.definition_key)}</ImportDefinitionCustomerKey>"
-            )
-            if task.status in ("Completed", "Error"):
-                results += (
-                    f"<NumberSuccessful>{task.ok}</NumberSuccessful><NumberErrors>{task.errors}</NumberErrors>"
-                    f"<NumberDuplicated>{task.duplicates}</NumberDuplicated>"
-                    f"<TotalRows>{task.total}</TotalRows>"
-                )
-            results += "</Results>"
+        if prop == "TaskResultID":
+            task = self.account.task_view(text("Value"))
+            tasks = [task] if task is not None else []
+        else:
+            tasks = self.account.runs_of(text("Value"))
+        results = "".join(self._summary(task) for task in tasks)
         self._soap_reply(
             f"<RetrieveResponseMsg {ns}><OverallStatus>OK</OverallStatus>"
             f"<RequestID>{uuid.uuid4()}</RequestID>{results}</RetrieveResponseMsg>"
         )
+
+    @staticmethod
+    def _summary(task: ImportTask) -> str:
+        # MC writes SOAP dates in its system time, Central Standard Time without DST, with no offset.
+        start = datetime.datetime.fromtimestamp(task.started_wall, MC_SYSTEM_TIME).replace(tzinfo=None)
+        result = (
+            f'<Results xsi:type="ImportResultsSummary"><ImportStatus>{task.status}</ImportStatus>'
+            f"<TaskResultID>{task.id}</TaskResultID>"
+            f"<ImportDefinitionCustomerKey>{escape(task.definition_key)}</ImportDefinitionCustomerKey>"
+            f"<StartDate>{start.isoformat(timespec='milliseconds')}</StartDate>"
+        )
+        if task.status in ("Completed", "Error"):
+            result += (
+                f"<NumberSuccessful>{task.ok}</NumberSuccessful><NumberErrors>{task.errors}</NumberErrors>"
+                f"<NumberDuplicated>{task.duplicates}</NumberDuplicated>"
+                f"<TotalRows>{task.total}</TotalRows>"
+            )
+        return result + "</Results>"

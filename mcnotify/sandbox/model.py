@@ -31,6 +31,7 @@ class ImportTask:
     errors: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    started_wall: float = field(default_factory=time.time)  # Unix time of the start, MC's StartDate
 
 
 @dataclass
@@ -205,6 +206,13 @@ class Account:
             if task.status == "New":
                 task.status = "Processing"
             return task
+
+    def runs_of(self, definition_key: str) -> list[ImportTask]:
+        """An import definition's runs that have a summary row yet, oldest first (what a Retrieve filtered
+        by ImportDefinitionCustomerKey lists)."""
+        with self.lock:
+            ids = [t.id for t in self.tasks.values() if t.definition_key == definition_key]
+        return [task for task_id in ids if (task := self.task_view(task_id)) is not None]
 
     # -- messages ------------------------------------------------------------------------------------------
     def key_used(self, key: str) -> bool:

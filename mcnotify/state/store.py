@@ -101,6 +101,10 @@ class Outcome:
     reason: str | None = None
 
 
+class StateFileLost(McnotifyError):
+    """The state file vanished or was replaced under a running process."""
+
+
 class StateStore:
     def __init__(self, path: Path, memory: bool = False, read_only: bool = False) -> None:
         """`memory`: an empty throw-away state (dry runs before the first real run).
@@ -129,6 +133,10 @@ class StateStore:
                 self.conn.execute("PRAGMA query_only=ON")  # a stray write in a preview raises
             else:
                 self._migrate()
+            # The file this process works on: checked at each transaction, so a state file deleted, emptied or
+            # replaced under a running process stops it instead of filling an unlinked inode (or a new file
+            # that starts again from watermark 0). A preview writes nothing, so it needs no check.
+            self._identity = None if self.read_only else self._file_identity()
         except (sqlite3.Error, OSError) as exc:
             raise McnotifyError(f"cannot open state file {path}: {exc}") from None
         self._lock_fd: int | None = None
@@ -179,9 +187,11 @@ class StateStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.check_identity()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.check_identity()  # gone while we wrote: what we would commit would be lost
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -303,7 +313,7 @@ class StateStore:
             ],
         )
 
-    _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status != 'invalid'"
+    _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status NOT IN ('invalid', 'expired')"
 
     def resolve_email_conflicts(self, batch_id: int) -> list[str]:
         """MC keeps one email per subscriber key, and the newest one wins.
@@ -325,7 +335,8 @@ class StateStore:
             self.conn.execute(
                 "UPDATE notifications SET address = (SELECT newest.address FROM notifications AS newest"
                 f"  WHERE newest.batch_id = notifications.batch_id AND newest.channel = 'email'"
-                "   AND newest.status != 'invalid' AND newest.subscriber_key = notifications.subscriber_key"
+                "   AND newest.status NOT IN ('invalid', 'expired')"
+                "   AND newest.subscriber_key = notifications.subscriber_key"
                 "  ORDER BY newest.seq DESC LIMIT 1)"
                 f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, *chunk),
@@ -335,7 +346,7 @@ class StateStore:
             for r in self.conn.execute(
                 "SELECT DISTINCT older.subscriber_key FROM notifications AS older"
                 " JOIN notifications AS newer ON newer.subscriber_key = older.subscriber_key"
-                " AND newer.batch_id = ? AND newer.channel = 'email' AND newer.status != 'invalid'"
+                " AND newer.batch_id = ? AND newer.channel = 'email' AND newer.status NOT IN ('invalid', 'expired')"
                 " WHERE older.batch_id < ? AND older.channel = 'email' AND older.status = 'pending'"
                 " AND older.address != newer.address",
                 (batch_id, batch_id),
@@ -346,7 +357,8 @@ class StateStore:
             self.conn.execute(
                 "UPDATE notifications SET batch_id = ?, updated_at = ?, address = (SELECT newer.address"
                 "  FROM notifications AS newer WHERE newer.batch_id = ? AND newer.channel = 'email'"
-                "   AND newer.status != 'invalid' AND newer.subscriber_key = notifications.subscriber_key"
+                "   AND newer.status NOT IN ('invalid', 'expired')"
+                "   AND newer.subscriber_key = notifications.subscriber_key"
                 "  ORDER BY newer.seq DESC LIMIT 1)"
                 " WHERE batch_id < ? AND channel = 'email' AND status = 'pending'"
                 f" AND subscriber_key IN ({','.join('?' * len(chunk))})",
@@ -556,3 +568,45 @@ class StateStore:
                 " FROM runs r GROUP BY command ORDER BY command"
             )
         ]
+
+    # -- source / claim (issue 9) --------------------------------------------------------------------------
+    def _file_identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def check_identity(self) -> None:
+        """Stop when the state file is no longer the one this process opened."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            problem = "was deleted"
+        else:
+            if (st.st_dev, st.st_ino) != self._identity:
+                problem = "was replaced"
+            elif st.st_size == 0:
+                problem = "was emptied"
+            else:
+                return
+        raise StateFileLost(
+            f"state file {self.path} {problem} while mcnotify was running; stopped without recording more"
+            " (a new state file sends nothing older than source.max_age)"
+        )
+
+    def note_import_start(self, batch_id: int) -> None:
+        """Before the import's start request: a crash from here on is resolved by a look-up, not a second start."""
+        self.update_batch(batch_id, import_status="starting")
+        self.set_meta(f"import.start_attempt.{batch_id}", time.time())
+
+    def import_start_attempt(self, batch_id: int) -> float | None:
+        value = self.get_meta(f"import.start_attempt.{batch_id}")
+        return float(value) if isinstance(value, int | float) else None
+
+    def forget_import_start(self, batch_id: int, import_status: str | None = None) -> None:
+        self.conn.execute("DELETE FROM meta WHERE key = ?", (f"import.start_attempt.{batch_id}",))
+        self.update_batch(batch_id, import_status=import_status)
+
+    def import_task_ids(self) -> set[str]:
+        """Every import task a batch has recorded: none of them can be another batch's lost start."""
+        return {r[0] for r in self.conn.execute("SELECT import_task_id FROM batches WHERE import_task_id IS NOT NULL")}

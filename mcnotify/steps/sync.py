@@ -11,6 +11,7 @@ import decimal
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,13 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from mcnotify.config import Settings
-from mcnotify.errors import ConfigError
+from mcnotify.errors import ConfigError, McnotifyError
 from mcnotify.redact import mask_contact
-from mcnotify.source import REQUIRED_COLUMNS, Source, open_source
+from mcnotify.source import CREATED_AT, NOT_TEXT, REQUIRED_COLUMNS, Source, open_source
 from mcnotify.state.store import INVALID, PENDING, NewNotification
 from mcnotify.steps import Context
 
+log = logging.getLogger("mcnotify")
+
 WATERMARK = "source.watermark"
+# A row older than source.max_age: recorded with the reason, never uploaded or sent.
+EXPIRED = "expired"
+# Added by _pages to a row whose cursor cannot be ordered with the others (text among numbers, NULL).
+CURSOR_PROBLEM = "\x00mcnotify:cursor"
 CSV_HEADER = ("SubscriberKey", "EmailAddress")
 MAX_SUBSCRIBER_KEY = 254
 CHUNK = 2000
@@ -40,6 +47,7 @@ class SyncReport:
     batch_id: int | None = None
     new_rows: int = 0
     invalid: int = 0
+    expired: int = 0
     conflicts: int = 0
     csv_rows: int = 0
     remote_path: str | None = None
@@ -85,6 +93,88 @@ def cursor_value(value: Any) -> Any:
     return _plain(value)
 
 
+def _kind(value: Any) -> str | None:
+    """Cursors of one kind can be ordered: numbers, or text (dates become ISO text)."""
+    if value is None:
+        return None
+    return "number" if isinstance(value, int | float) else "text"
+
+
+def _higher(value: Any, than: Any) -> bool:
+    try:
+        return bool(value > than)
+    except TypeError:  # another kind: never a step up
+        return False
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class CursorOrder:
+    """Checks the cursor of each row as it is read: one kind throughout (the watermark's, or the first row's),
+    never going down within a page. A row of another kind is marked for quarantine (it cannot move the
+    watermark, and rows before it are not held back); a cursor that goes down means the query's ORDER BY is
+    wrong, and rows past a moved watermark would be lost: that stops the sync."""
+
+    def __init__(self, column: str, kind: str | None) -> None:
+        self.column = column
+        self.kind = kind
+        self.previous: Any = None  # the last orderable cursor of this page (as cursor_value gives it)
+        self.last: Any = None  # the same, as the source returned it: the next page continues from it
+
+    def new_page(self) -> None:
+        self.previous = None
+
+    def check(self, row: dict[str, Any]) -> None:
+        raw = row[self.column]
+        value = cursor_value(raw)
+        kind = _kind(value)
+        if kind is None or (self.kind is not None and kind != self.kind):
+            what = "is NULL" if kind is None else f"{_shown(value)} is {kind} among {self.kind}s"
+            row[CURSOR_PROBLEM] = f"cursor {self.column} {what}: it cannot be ordered with the others"
+            return
+        self.kind = kind
+        previous = self.previous
+        # Text is compared case-blind: a database collation may order 'a' before 'B'.
+        if previous is not None and (
+            value < previous if kind == "number" else str(value).casefold() < str(previous).casefold()
+        ):
+            raise ConfigError(
+                f"[source] query is not ordered by {self.column} ascending: it returned {_shown(value)} after "
+                f"{_shown(previous)} (ORDER BY ... DESC?); rows would be lost, so sync stopped and the watermark"
+                " stays where it was"
+            )
+        self.previous, self.last = value, raw
+
+
+def event_time(value: Any) -> float | None:
+    """The query's created_at as a Unix time: a datetime (naive ones in this host's time zone), a date, ISO
+    text, or a number of seconds (milliseconds when it is too large for seconds). None if not a time."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    if isinstance(value, int | float):
+        return value / 1000 if value > 1e11 else float(value)
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        value = datetime.datetime.combine(value, datetime.time())
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text) / 1000 if float(text) > 1e11 else float(text)
+        except ValueError:
+            pass
+        try:
+            value = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()  # naive: local time
+    return None
+
+
 class _NoneAsBlank:
     """A row's columns for str.format_map, NULL shown as nothing, without copying the row."""
 
@@ -111,6 +201,7 @@ def render_from_name(fmt: str | None, attributes: Mapping[str, Any], template: s
 
 
 _REQUIRED = frozenset(REQUIRED_COLUMNS)
+_NOT_ATTRIBUTES = _REQUIRED | {NOT_TEXT, CURSOR_PROBLEM}
 
 
 class Classifier:
@@ -126,12 +217,16 @@ class Classifier:
         self._key_prefix = settings.section("email")["message_key_prefix"]
         self._validate_email = validate_email
         self._normalise_phone = normalise_phone
+        max_age = float(settings.section("source")["max_age"])
+        self._max_age = max_age
+        # One clock for the whole run: a row's fate does not depend on how far the read has got.
+        self._oldest = time.time() - max_age * 3600 if max_age > 0 else None
 
     def __call__(self, row: Mapping[str, Any]) -> NewNotification:
         nid = str(_plain(row["notification_id"]))
         template_name = str(_plain(row["template"]) or "")
         columns = {
-            k: v if v is None or type(v) in _SCALARS else _plain(v) for k, v in row.items() if k not in _REQUIRED
+            k: v if v is None or type(v) in _SCALARS else _plain(v) for k, v in row.items() if k not in _NOT_ATTRIBUTES
         }
         attributes = _attributes_json(columns)
         template = self._templates.get(template_name)
@@ -140,11 +235,17 @@ class Classifier:
         channel = template.channel if template else None
         raw_contact = row["phone"] if channel == "sms" else row["email"]
         raw_text = None if raw_contact is None else str(_plain(raw_contact))
-        cursor = row.get(self._cursor_column)
+        cursor_problem = row.get(CURSOR_PROBLEM)
+        cursor = None if cursor_problem else row.get(self._cursor_column)
+        not_text = row.get(NOT_TEXT) or ()
 
         address: str | None = None
         reason: str | None = None
-        if template is None:
+        if cursor_problem:
+            reason = cursor_problem
+        elif not_text and (bad := self._bad_text(not_text, channel)):
+            reason = f"{bad} is not valid UTF-8"
+        elif template is None:
             reason = f"unknown template {template_name!r}"
         elif not key:
             reason = "subscriber key missing"
@@ -153,12 +254,17 @@ class Classifier:
         elif "\x00" in key:
             reason = "subscriber key contains a NUL byte"
         elif template.channel == "email":
-            address, reason = self._validate_email(raw_contact)
+            # The decoded text, never the raw value: bytes would be validated as "b'...'".
+            address, reason = self._validate_email(raw_text)
         else:
-            address, reason = self._normalise_phone(raw_contact, self._region)
+            address, reason = self._normalise_phone(raw_text, self._region)
         if reason or template is None:  # (a missing template always has a reason)
             return NewNotification(
                 nid, template_name, channel, key, None, raw_text, attributes, None, INVALID, reason, None, cursor
+            )
+        if self._oldest is not None and (expired := self._expired(row)):
+            return NewNotification(
+                nid, template_name, channel, key, address, raw_text, attributes, None, EXPIRED, expired, None, cursor
             )
         return NewNotification(
             nid,
@@ -175,6 +281,24 @@ class Classifier:
             cursor,
         )
 
+    @staticmethod
+    def _bad_text(columns: tuple[str, ...], channel: str | None) -> str | None:
+        """The first column the notification depends on whose bytes were not valid text. Other columns keep
+        their text with the bad bytes replaced."""
+        contact = "phone" if channel == "sms" else "email"
+        for name in ("notification_id", "template", "subscriber_key", contact):
+            if name in columns:
+                return name
+        return None
+
+    def _expired(self, row: Mapping[str, Any]) -> str | None:
+        assert self._oldest is not None
+        at = event_time(row.get(CREATED_AT))
+        if at is None or at >= self._oldest:
+            return None
+        created = datetime.datetime.fromtimestamp(at).isoformat(sep=" ", timespec="seconds")
+        return f"older than source.max_age ({self._max_age:g} h): {CREATED_AT} {created}"
+
 
 def _start_after(ctx: Context) -> Any:
     watermark = ctx.store.get_meta(WATERMARK)
@@ -187,39 +311,46 @@ def _start_after(ctx: Context) -> Any:
     return watermark
 
 
-def _pages(source: Source, after: Any, limit: int, cursor_column: str) -> Iterator[dict[str, Any]]:
-    """Every row after `after`, fetched in pages of `limit`, each page continuing from the last cursor."""
+def _pages(source: Source, after: Any, limit: int, order: CursorOrder) -> Iterator[dict[str, Any] | None]:
+    """Every row after `after`, fetched in pages of `limit`, each page continuing from the last cursor; None
+    after each page, once all of it is known to be in order (only then may the watermark move past it)."""
     while True:
-        count = 0
-        last = after
+        count, start = 0, after
+        order.new_page()
         for row in source.rows(after, limit):
             count += 1
-            if cursor_column not in row:
-                raise ConfigError(f"[source] cursor_column {cursor_column!r} is not a column of the query")
-            last = row[cursor_column]
+            if order.column not in row:
+                raise ConfigError(f"[source] cursor_column {order.column!r} is not a column of the query")
+            order.check(row)
             yield row
-        if count < limit or last == after:
+        if order.last is not None:
+            after = order.last
+        yield None
+        if count < limit or after == start:
             return
-        after = last
 
 
-def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any]]) -> Iterator[Chunk]:
-    """Source rows, classified, in chunks; each with the highest cursor and the number of rows it read."""
+def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any] | None]) -> Iterator[Chunk]:
+    """Source rows, classified, in chunks; each with the highest cursor the watermark may now cover (None
+    until a whole page is read) and the number of rows it read."""
     cursor_column = settings.section("source")["cursor_column"]
     classify: Classifier | None = None  # built at the first row: nothing new, nothing heavy imported
     chunk: list[NewNotification] = []
-    top, count = None, 0
+    top, count, good = None, 0, None
     for row in rows:
+        if row is None:  # a page ended: everything in it is in order
+            top = good if good is not None else top
+            continue
         count += 1
-        cursor = row[cursor_column]
-        top = cursor if top is None or cursor > top else top
+        if CURSOR_PROBLEM not in row:
+            good = row[cursor_column]
         if row["notification_id"] is not None:
             classify = classify or Classifier(settings)
             chunk.append(classify(row))
         if count >= CHUNK:
             yield chunk, top, count
             chunk, top, count = [], None, 0
-    if count:
+    if count or top is not None:
         yield chunk, top, count
 
 
@@ -230,13 +361,10 @@ def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
     limit, cursor_column = int(src["batch_limit"]), src["cursor_column"]
     probe = limit if src["parallel_after"] == 0 else min(limit, int(src["parallel_after"]))
     after, read = _start_after(ctx), 0
+    order = CursorOrder(cursor_column, _kind(ctx.store.get_meta(WATERMARK)))
     # A batch no bigger than the first page is read here, page by page, as before.
-    rows = (
-        _pages(source, after, limit, cursor_column)
-        if probe == limit
-        else _first_page(source, after, probe, cursor_column)
-    )
-    for chunk, top, count in classified_chunks(ctx.settings, rows):
+    rows = _pages(source, after, limit, order) if probe == limit else _first_page(source, after, probe, order)
+    for chunk, top, count in classified_chunks(ctx.settings, _warn_without_created_at(ctx, rows)):
         read += count
         after = top if top is not None else after
         yield chunk, top, count
@@ -244,14 +372,33 @@ def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
         return
     from mcnotify.steps import sync_worker
 
-    yield from sync_worker.classified(ctx, after, limit)
+    yield from sync_worker.classified(ctx, after, limit, order.kind)
 
 
-def _first_page(source: Source, after: Any, limit: int, cursor_column: str) -> Iterator[dict[str, Any]]:
-    for row in source.rows(after, limit):
-        if cursor_column not in row:
-            raise ConfigError(f"[source] cursor_column {cursor_column!r} is not a column of the query")
+def _warn_without_created_at(ctx: Context, rows: Iterator[dict[str, Any] | None]) -> Iterator[dict[str, Any] | None]:
+    """Once per run: say so when source.max_age is on but the query returns no created_at to measure it on."""
+    for row in rows:
+        if row is not None:
+            if float(ctx.settings.section("source")["max_age"]) > 0 and CREATED_AT not in row:
+                log.warning(
+                    "sync: the source query returns no %s column, so source.max_age cannot hold back old rows"
+                    " (a fresh state file would send the whole source)",
+                    CREATED_AT,
+                )
+            yield row
+            break
         yield row
+    yield from rows
+
+
+def _first_page(source: Source, after: Any, limit: int, order: CursorOrder) -> Iterator[dict[str, Any] | None]:
+    order.new_page()
+    for row in source.rows(after, limit):
+        if order.column not in row:
+            raise ConfigError(f"[source] cursor_column {order.column!r} is not a column of the query")
+        order.check(row)
+        yield row
+    yield None
 
 
 def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[tuple[list[NewNotification], Any]]:
@@ -264,14 +411,16 @@ def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[
     for chunk, top, _ in _classified(ctx, source):
         known = ctx.store.known_ids([n.notification_id for n in chunk]) | seen_in_run
         fresh: list[NewNotification] = []
+        last = None  # the last orderable cursor so far in the chunk
         for n in chunk:
+            last = n.cursor if n.cursor is not None else last
             if n.notification_id in known:
                 continue
             known.add(n.notification_id)
             fresh.append(n)
             if len(fresh) >= wanted:
                 # Stopping inside the chunk: the watermark may only cover what was taken.
-                top = n.cursor
+                top = last
                 break
         if remember:
             seen_in_run.update(n.notification_id for n in fresh)
@@ -300,8 +449,9 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
                     )
                     report.new_rows += len(fresh)
                     report.invalid += bad
+                    report.expired += sum(1 for n in fresh if n.status == EXPIRED)
                 old = store.get_meta(WATERMARK)
-                if top is not None and (old is None or cursor_value(top) > old):
+                if top is not None and (old is None or _higher(cursor_value(top), old)):
                     store.set_meta(WATERMARK, cursor_value(top))
             if fresh:
                 ctx.progress(f"sync: claimed {report.new_rows} notifications into batch {batch_id}")
@@ -358,23 +508,86 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
         )
 
 
-def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
-    from mcnotify.mc import soap
+# A start whose reply was lost: how long MC may take to list the run before we conclude it never started
+# (in polls of import.poll_interval), and how far MC's clock may be behind ours.
+START_SETTLE_POLLS = 20
+CLOCK_SKEW = 120.0
+START_ATTEMPTS = 3
 
+
+def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
     imp = ctx.settings.section("import")
     task_id = None
     if imp["mode"] == "import-definition":
-        task_id = soap.start_import(ctx.mc(), imp["definition_key"])
-        ctx.progress(f"sync: started import {imp['definition_key']!r}, task {task_id}")
+        task_id = _start_once(ctx, batch_id, imp["definition_key"])
     with ctx.store.transaction():
-        ctx.store.update_batch(
-            batch_id,
-            status="importing",
-            import_task_id=task_id,
-            import_status="New" if task_id else "waiting",
-        )
+        ctx.store.forget_import_start(batch_id, "New" if task_id else "waiting")
+        ctx.store.update_batch(batch_id, status="importing", import_task_id=task_id)
         ctx.store.step_finished(batch_id, "sync", "done", f"{report.csv_rows or 'all'} subscribers uploaded")
     report.task_id = task_id
+
+
+def _start_once(ctx: Context, batch_id: int, key: str) -> str:
+    """Start MC's import for the batch at most once. The start is recorded before it is sent; when its reply
+    is lost (or we crashed before recording the task), MC's list of the definition's runs says whether it
+    started, and only a start MC provably never made is sent again."""
+    from mcnotify.mc import soap
+    from mcnotify.mc.client import OutcomeUnknown
+
+    store = ctx.store
+    batch = store.batch(batch_id)
+    assert batch is not None
+    if batch.import_status == "starting" and (task_id := _started_run(ctx, batch_id, key)):
+        return task_id
+    for _ in range(START_ATTEMPTS):
+        with store.transaction():
+            store.note_import_start(batch_id)
+        try:
+            task_id = soap.start_import(ctx.mc(), key)
+        except OutcomeUnknown as exc:
+            ctx.progress(f"sync: the start of import {key!r} may or may not have reached MC ({exc}); asking MC")
+            if task_id := _started_run(ctx, batch_id, key):
+                return task_id
+            ctx.progress(f"sync: MC lists no new run of import {key!r}: it never started; starting it again")
+            continue
+        except McnotifyError:
+            with store.transaction():  # MC answered: it did not start the import
+                store.forget_import_start(batch_id)
+            raise
+        ctx.progress(f"sync: started import {key!r}, task {task_id}")
+        return task_id
+    raise McnotifyError(
+        f"sync: MC did not confirm a start of import {key!r} after {START_ATTEMPTS} tries; the next run asks again"
+    )
+
+
+def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
+    """The task of the import run the batch's lost start began, if MC lists one: the newest run of the
+    definition that started after the upload and that no batch has recorded. Asks again until MC has had
+    START_SETTLE_POLLS polls' time since the attempt to list it (its summary lags the start)."""
+    from mcnotify.mc import soap
+
+    store = ctx.store
+    batch = store.batch(batch_id)
+    assert batch is not None
+    poll = float(ctx.settings.section("import")["poll_interval"])
+    attempted = store.import_start_attempt(batch_id) or time.time()
+    since = (batch.uploaded_at or attempted) - CLOCK_SKEW
+    known = store.import_task_ids()
+    while True:
+        runs = [
+            r
+            for r in soap.import_runs(ctx.mc(), key)
+            if r.task_id not in known and r.started_at is not None and r.started_at >= since
+        ]
+        if runs:
+            run = max(runs, key=lambda r: r.started_at or 0.0)
+            ctx.progress(f"sync: MC lists import {key!r} as started for batch {batch_id}: task {run.task_id}")
+            return run.task_id
+        if time.time() >= attempted + START_SETTLE_POLLS * poll:
+            return None
+        ctx.sleep(poll)
+        ctx.check_stop()
 
 
 def run(ctx: Context, dry_run: bool = False) -> SyncReport:
@@ -424,6 +637,9 @@ def preview(ctx: Context) -> SyncReport:
                     report.invalid += 1
                     reason = n.reason or "?"
                     report.invalid_reasons[reason] = report.invalid_reasons.get(reason, 0) + 1
+                    continue
+                if n.status == EXPIRED:
+                    report.expired += 1
                     continue
                 if n.channel == "email" and n.subscriber_key and n.address:
                     if subscribers.get(n.subscriber_key, n.address) != n.address:

@@ -39,8 +39,9 @@ DAMAGED = b"damaged"
 ERRORS: dict[str, type[McnotifyError]] = {"ConfigError": ConfigError, "ServiceUnavailable": ServiceUnavailable}
 
 
-def classified(ctx: Context, after: Any, limit: int) -> Iterator[tuple[Any, Any, int]]:
-    """The source's rows after `after`, read and classified by the child process, in chunks."""
+def classified(ctx: Context, after: Any, limit: int, kind: str | None = None) -> Iterator[tuple[Any, Any, int]]:
+    """The source's rows after `after`, read and classified by the child process, in chunks. `kind`: the
+    cursor's kind established so far (numbers or text), so the child quarantines the same rows."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # works from a zipapp too
     worker = subprocess.Popen(
         [sys.executable, "-m", "mcnotify.steps.sync_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
@@ -51,7 +52,7 @@ def classified(ctx: Context, after: Any, limit: int) -> Iterator[tuple[Any, Any,
     frames: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
     reader = threading.Thread(target=_drain, args=(worker.stdout, frames), name="mcnotify-sync-reader", daemon=True)
     try:
-        _write_all(worker.stdin.fileno(), pickle.dumps((ctx.settings, after, limit)))
+        _write_all(worker.stdin.fileno(), pickle.dumps((ctx.settings, after, limit, kind)))
         worker.stdin.close()
         reader.start()
         while True:
@@ -117,9 +118,9 @@ def main() -> None:
     sys.stdout.flush()
     out = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing but messages may reach the pipe
-    settings, after, limit = pickle.load(sys.stdin.buffer)
+    settings, after, limit, kind = pickle.load(sys.stdin.buffer)
     from mcnotify.source import open_source
-    from mcnotify.steps.sync import _pages, classified_chunks
+    from mcnotify.steps.sync import CursorOrder, _pages, classified_chunks
 
     # Plain tuples pickle and unpickle several times faster than dataclass instances.
     as_tuple = operator.attrgetter(*(f.name for f in dataclasses.fields(NewNotification)))
@@ -127,7 +128,7 @@ def main() -> None:
     try:
         source = open_source(settings.section("source"))
         try:
-            rows = _pages(source, after, limit, settings.section("source")["cursor_column"])
+            rows = _pages(source, after, limit, CursorOrder(settings.section("source")["cursor_column"], kind))
             for notifications, top, count in classified_chunks(settings, rows):
                 _send(out, ("chunk", ([as_tuple(n) for n in notifications], top, count)))
         finally:
