@@ -22,6 +22,7 @@ from typing import Any
 
 from mcnotify.config import Settings
 from mcnotify.errors import ConfigError
+from mcnotify.message_keys import MAX_LENGTH as MAX_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.source import REQUIRED_COLUMNS, Source, open_source
 from mcnotify.state.store import INVALID, PENDING, NewNotification
@@ -52,9 +53,14 @@ class SyncReport:
 
 
 def message_key(prefix: str, channel: str, notification_id: str) -> str:
-    """Stable, unique per (prefix, channel, id), at most 100 characters: MC's idempotency key."""
+    """Stable, unique per (prefix, channel, id), at most 100 characters: MC's idempotency key.
+
+    Plain `{prefix}-{channel}-{id}` for a numeric id while that fits; otherwise the id's hash, which fits for
+    every prefix config validation accepts (mcnotify.message_keys.MAX_PREFIX). 'h' keeps the two forms apart."""
     if _PLAIN_ID.match(notification_id):
-        return f"{prefix}-{channel}-{notification_id}"
+        key = f"{prefix}-{channel}-{notification_id}"
+        if len(key) <= MAX_MESSAGE_KEY:
+            return key
     digest = hashlib.sha256(notification_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
     return f"{prefix}-{channel}-h{digest}"
 
