@@ -105,10 +105,10 @@ class StateStore:
         self.memory = memory
         try:
             if not memory:
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if not path.exists():
-                    # Created private before SQLite opens it: the file holds contacts and a token.
-                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                from mcnotify.state.perms import create_private
+
+                # Private (0600 in a 0700 folder) before SQLite opens it: it holds contacts and a token.
+                create_private(path)
             target = ":memory:" if memory else path
             self.conn = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
