@@ -6,7 +6,10 @@ bounded so that even the longest key mcnotify builds (`{prefix}-email-h{40 hex}`
 
 from __future__ import annotations
 
+import functools
 import re
+
+from mcnotify.errors import ConfigError
 
 MAX_LENGTH = 100  # MC's limit on messageKey
 HASH_CHARS = 40  # hex digits of the id's sha256 in a hashed key
@@ -27,6 +30,14 @@ def prefix_problem(prefix: str) -> str | None:
             f"(messageKeys built from it must fit MC's {MAX_LENGTH} characters)"
         )
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def check_prefix(prefix: str) -> None:
+    """ConfigError for a prefix config validation would refuse: a key built from it is never stored. Cached,
+    since it runs for every claimed row."""
+    if problem := prefix_problem(prefix):
+        raise ConfigError(f"[email] message_key_prefix {problem}")
 
 
 def key_problem(key: str) -> str | None:
