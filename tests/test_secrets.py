@@ -26,7 +26,6 @@ from mcnotify.sandbox import Sandbox
 from mcnotify.sandbox.model import SandboxSettings
 from mcnotify.state import StateStore
 from mcnotify.state.schema import MIGRATIONS
-from mcnotify.state.store import PENDING, NewNotification
 from mcnotify.steps import Context
 from mcnotify.steps.sync import message_key
 from tests.conftest import Env
@@ -107,24 +106,26 @@ def test_every_key_of_every_valid_prefix_is_one_mc_accepts(prefix: str, nid: str
     assert key == message_key(prefix, channel, nid) and key != message_key(prefix, channel, nid + "0")
 
 
-def _claim(store: StateStore, key: str) -> None:
-    batch = store.create_batch()
-    row = NewNotification(
-        "1", "envelope-sent", "email", "m-1", "a@example.com", "a@example.com", "{}", None, PENDING, None, key
-    )
-    with store.transaction():
-        store.add_notifications(batch, [row])
+def test_message_key_never_builds_a_key_from_a_bad_prefix() -> None:
+    with pytest.raises(ConfigError, match="message_key_prefix must be 1 to 52 characters"):
+        message_key("p" * 60, "email", "1")
 
 
-def test_the_state_file_refuses_to_store_a_message_key_mc_would_refuse(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
-    with pytest.raises(sqlite3.IntegrityError, match="messageKey over 100 characters"):
-        _claim(store, "k" * 101)
-    with pytest.raises(sqlite3.IntegrityError, match="messageKey over 100 characters"):
-        _claim(store, "mcn email 1")
-    assert store.conn.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
-    _claim(store, "k" * 100)
-    store.close()
+def test_a_stored_key_mc_would_refuse_is_not_sent_but_failed_with_the_reason(box: Sandbox, tmp_path: Path) -> None:
+    from mcnotify.mc import rest
+    from mcnotify.mc.client import McClient
+
+    section = mc_section(box.url)
+    client = McClient(section, TokenProvider(section, TokenCache(None)))
+    bad = ["x" * 95 + "-email-1", "mcn prod-email-2"]  # claimed by an older mcnotify under a bad prefix
+    recipients = [rest.Recipient(k, f"m-{i}", f"a{i}@example.com") for i, k in enumerate([*bad, "mcn-email-3"])]
+    verdicts = rest.send_transactional(client, "email", "red-envelope-sent", recipients)
+    client.close()
+    assert verdicts["mcn-email-3"].accepted
+    for key in bad:
+        assert not verdicts[key].accepted and verdicts[key].code == rest.KEY_REFUSED
+    assert verdicts[bad[0]].message == "messageKey is 103 characters, over MC's 100: not sent"
+    assert [m["messageKey"] for m in box.account.snapshot()["accepted"]] == ["mcn-email-3"]
 
 
 def test_doctor_reports_pending_notifications_whose_stored_key_mc_would_refuse(tmp_path: Path) -> None:

@@ -85,18 +85,8 @@ MIGRATIONS: list[str] = [
     """,
     # migration owned by secrets branch
     # 3: the token remembers what it was issued for (an HMAC keyed by the client secret over auth_url, client_id,
-    # account_id and scope; never the secret), so changed credentials never reuse it. A messageKey MC would
-    # refuse (over 100 characters, or characters other than A-Z a-z 0-9 _ . -) can never be stored: keys are
-    # fixed at claim time, so one would fail every send for good.
+    # account_id and scope; never the secret), so changed credentials never reuse it.
     """
     ALTER TABLE token ADD COLUMN issued_for TEXT;
-    CREATE TRIGGER notifications_message_key_insert BEFORE INSERT ON notifications
-    WHEN NEW.message_key IS NOT NULL
-        AND (length(NEW.message_key) NOT BETWEEN 1 AND 100 OR NEW.message_key GLOB '*[^A-Za-z0-9_.-]*')
-    BEGIN SELECT RAISE(ABORT, 'messageKey over 100 characters or with characters MC refuses'); END;
-    CREATE TRIGGER notifications_message_key_update BEFORE UPDATE OF message_key ON notifications
-    WHEN NEW.message_key IS NOT NULL
-        AND (length(NEW.message_key) NOT BETWEEN 1 AND 100 OR NEW.message_key GLOB '*[^A-Za-z0-9_.-]*')
-    BEGIN SELECT RAISE(ABORT, 'messageKey over 100 characters or with characters MC refuses'); END;
     """,
 ]
