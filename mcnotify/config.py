@@ -416,12 +416,15 @@ def _check_format(fmt: str, where: str) -> None:
 
 
 _SECRET_NAMES = sorted({k for keys in SCHEMA.values() for k, spec in keys.items() if spec.secret})
+_PLAIN_NAMES = {k for keys in (*SCHEMA.values(), TEMPLATE_SCHEMA) for k in keys} - set(_SECRET_NAMES)
 _SECRET_WORDS = ("pass", "pwd", "secret", "token", "hook", "cred", "phrase", "private")
 
 
 def _looks_secret(key: str) -> bool:
-    """A secret key, or one that looks like a misspelling of one (`pasword`, `client_secrt`)."""
+    """A secret key, or an unknown one that looks like a misspelling of one (`pasword`, `client_secrt`)."""
     key = key.lower().removesuffix("_file")
+    if key in _PLAIN_NAMES:  # token_margin is not a secret
+        return False
     return (
         key in _SECRET_NAMES
         or any(word in key for word in _SECRET_WORDS)
