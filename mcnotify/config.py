@@ -9,6 +9,8 @@ import difflib
 import ipaddress
 import logging
 import os
+import re
+import stat
 import string
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mcnotify import message_keys
 from mcnotify.errors import ConfigError
+from mcnotify.redact import scrub
 
 DEFAULT_CONFIG_PATH = Path("/etc/mcnotify/config.toml")
 
@@ -31,6 +35,8 @@ class Key:
     required: bool = False
     secret: bool = False
     check: Checker | None = None
+    # Validates and returns the value to use instead (a URL as the HTTP library reads it); ValueError says why not.
+    parse: Callable[[Any], Any] | None = None
 
 
 def _one_of(*choices: str) -> Checker:
@@ -52,14 +58,57 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+# Characters on which URL parsers disagree about the host (urllib3, which requests uses, ends the host at a
+# backslash; urllib.parse does not) or which they drop or re-encode silently.
+_AMBIGUOUS = re.compile(r"[\x00-\x20\x7f-\x9f\\]|\s")
+HTTPS_RULE = "must be an https:// URL (http:// only for a loopback sandbox)"
+
+
+def parse_http_url(value: str, *, query: bool = False) -> str:
+    """`value` exactly as requests will use it, or ValueError saying why not.
+
+    Parsed once with urllib3's parser (the one requests uses), so "loopback" is decided on the very host
+    requests connects to; anything a second parser could read differently is refused: userinfo, backslashes,
+    whitespace and control characters, a #fragment (and a ?query unless `query`, since paths are appended)."""
+    from urllib3.exceptions import LocationParseError  # only here: importing urllib3 costs ~45 ms
+    from urllib3.util.url import parse_url
+
+    if _AMBIGUOUS.search(value):
+        raise ValueError("must be a plain URL: no spaces, control characters or backslashes")
+    try:
+        url = parse_url(value)
+    except LocationParseError:
+        raise ValueError("is not a valid URL") from None
+    if url.auth is not None:
+        raise ValueError("may not contain user:password@ (userinfo)")
+    if url.fragment is not None:
+        raise ValueError("may not contain a #fragment")
+    if url.query is not None and not query:
+        raise ValueError("may not contain a ?query")
+    if not url.host or not (url.scheme == "https" or (url.scheme == "http" and is_loopback(url.host))):
+        raise ValueError(HTTPS_RULE)
+    return str(url.url)
+
+
 def check_https_url(value: str) -> str | None:
-    """MC traffic must use HTTPS; plain HTTP only to a loopback sandbox."""
-    parts = urlsplit(value)
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http" and is_loopback(parts.hostname):
-        return None
-    return "must be an https:// URL (http:// only for a loopback sandbox)"
+    """MC traffic must use HTTPS; plain HTTP only to a loopback sandbox. The problem, or None."""
+    try:
+        parse_http_url(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _http_url(value: str) -> str:
+    return parse_http_url(value)
+
+
+def _http_url_with_query(value: str) -> str:
+    return parse_http_url(value, query=True)
+
+
+def _check_key_prefix(value: str) -> str | None:
+    return message_keys.prefix_problem(value)
 
 
 def _check_source_url(value: str) -> str | None:
@@ -91,7 +140,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_age": Key(float, 48.0, check=_between(0, 100_000)),
     },
     "marketing_cloud": {
-        "auth_url": Key(str, required=True, check=check_https_url),
+        "auth_url": Key(str, required=True, parse=_http_url),
         "client_id": Key(str, required=True),
         "client_secret": Key(str, required=True, secret=True),
         "account_id": Key(str),
@@ -128,7 +177,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rate_limit": Key(float, 0.0, check=_between(0, 1_000_000)),
         "from_name_attribute": Key(str, "SenderDisplayName"),
         "from_address": Key(str),
-        "message_key_prefix": Key(str, "mcn"),
+        "message_key_prefix": Key(str, "mcn", check=_check_key_prefix),
     },
     "sms": {
         "api": Key(str, "transactional", check=_one_of("transactional")),
@@ -140,8 +189,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 SCHEMA["alerts"] = {
-    "slack_webhook": Key(str, secret=True, check=check_https_url),
-    "ping_url": Key(str, check=check_https_url),
+    "slack_webhook": Key(str, secret=True, parse=_http_url_with_query),
+    "ping_url": Key(str, parse=_http_url),
     "smtp_host": Key(str),
     "smtp_port": Key(int, 587, check=_between(1, 65535)),
     "smtp_security": Key(str, "starttls", check=_one_of("starttls", "ssl", "none")),
@@ -194,25 +243,80 @@ class Settings:
                 secret = SCHEMA[sec][key].secret
                 out[sec][key] = "***" if secret and value else value
         out["source"]["url"] = redact_url(out["source"]["url"])
+        for sec, key in (("marketing_cloud", "auth_url"), ("alerts", "ping_url")):
+            if out[sec][key]:
+                out[sec][key] = hide_userinfo(out[sec][key])
         out["templates"] = {n: t.__dict__ for n, t in self.templates.items()}
         return out
 
 
+def _split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """(`scheme://`, userinfo or None, the rest). Userinfo is read generously (everything before the last `@`)
+    so that no parser's idea of it can escape masking; at worst a little more is masked."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    else:
+        head += sep
+    userinfo, at, after = rest.rpartition("@")
+    return (head, userinfo, after) if at else (head, None, rest)
+
+
+def hide_userinfo(text: str) -> str:
+    """`text` with any URL userinfo replaced by ***: what error messages may show of a URL."""
+    head, userinfo, rest = _split_userinfo(text)
+    return text if userinfo is None else f"{head}***@{rest}"
+
+
 def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
+    """For `config check`: a URL's password masked; a plain user name before it is kept."""
+    head, userinfo, rest = _split_userinfo(url)
+    if userinfo is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    user, colon, _ = userinfo.partition(":")
+    if colon and re.fullmatch(r"[A-Za-z0-9._~%+-]+", user):
+        return f"{head}{user}:***@{rest}"
+    return f"{head}***@{rest}"
 
 
-def _coerce(raw: Any, want: type, where: str) -> Any:
+def url_secrets(url: str) -> list[str]:
+    """The parts of a URL's userinfo that must be scrubbed from text (raw and percent-decoded)."""
+    _, userinfo, _ = _split_userinfo(url)
+    if not userinfo:
+        return []
+    _, colon, password = userinfo.partition(":")
+    found = [userinfo, password] if colon else [userinfo]
+    return [v for f in found if f for v in (f, unquote(f))]
+
+
+def _shown(raw: Any) -> str:
+    """A non-secret value as an error message may show it: scalars as written, URL userinfo masked."""
+    if isinstance(raw, str):
+        return repr(hide_userinfo(raw))
+    if isinstance(raw, bool | int | float):
+        return repr(raw)
+    return _type_name(raw)
+
+
+def _type_name(raw: Any) -> str:
+    kinds = {bool: "true/false", int: "a whole number", float: "a number", str: "a string"}
+    return next(
+        (name for t, name in kinds.items() if isinstance(raw, t)), "a list" if isinstance(raw, list) else "a table"
+    )
+
+
+def _got(raw: Any, secret: bool) -> str:
+    # A secret's value is never shown, not even when it is wrong: only what kind of value it was.
+    return f", got {_type_name(raw)} (the value of a secret is not shown)" if secret else f", got {_shown(raw)}"
+
+
+def _coerce(raw: Any, want: type, where: str, secret: bool = False) -> Any:
     if want is bool:
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
             return raw.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where} must be true or false, got {raw!r}")
+        raise ConfigError(f"{where} must be true or false{_got(raw, secret)}")
     if want is float and isinstance(raw, int | float) and not isinstance(raw, bool):
         return float(raw)
     if isinstance(raw, want) and not (want is int and isinstance(raw, bool)):
@@ -223,14 +327,35 @@ def _coerce(raw: Any, want: type, where: str) -> Any:
         except ValueError:
             pass
     name = {str: "a string", int: "a whole number", float: "a number"}.get(want, want.__name__)
-    raise ConfigError(f"{where} must be {name}, got {raw!r}")
+    quote = " (in quotes)" if want is str and isinstance(raw, int | float) else ""
+    raise ConfigError(f"{where} must be {name}{quote}{_got(raw, secret)}")
 
 
-def _read_secret_file(path: str, where: str) -> str:
+def _warn_if_readable(path: str, what: str) -> None:
+    """A file holding a secret that other users can read deserves the same warning as such a config file."""
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "%s (%s) holds a secret and is readable by other users (mode %04o): chmod 600 it",
+            what,
+            path,
+            stat.S_IMODE(mode),
+        )
+
+
+def _read_secret_file(path: str, where: str, secret: bool) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+        # A relative "path" may be the secret itself, put in the *_file key by mistake: do not echo it.
+        shown = path if path.startswith(("/", ".")) else "the file it names (a relative path, not shown)"
+        raise ConfigError(f"{where}: cannot read {shown}: {exc.strerror}") from None
+    if secret:
+        _warn_if_readable(path, where)
+    return value
 
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -264,15 +389,20 @@ def _build_section(sec: str, schema: Mapping[str, Key], given: Mapping[str, Any]
         file_key = f"{key}_file"
         if file_key in given:
             file_path = _coerce(given[file_key], str, f"{label} {file_key}")
-            value = _read_secret_file(file_path, f"{label} {file_key}")
+            value = _read_secret_file(file_path, f"{label} {file_key}", spec.secret)
         if value is None or value == "":
             if spec.required:
                 raise ConfigError(f"{where} is required")
             out[key] = spec.default
             continue
-        value = _coerce(value, spec.type, where)
+        value = _coerce(value, spec.type, where, spec.secret)
+        if spec.parse:
+            try:
+                value = spec.parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where} {exc}{_got(value, spec.secret)}") from None
         if spec.check and (problem := spec.check(value)):
-            raise ConfigError(f"{where} {problem}, got {value!r}")
+            raise ConfigError(f"{where} {problem}{_got(value, spec.secret)}")
         out[key] = value
     return out
 
@@ -287,9 +417,54 @@ def _check_format(fmt: str, where: str) -> None:
             raise ConfigError(f"{where} may only use {{column}} placeholders, got {{{name}}}")
 
 
+_SECRET_NAMES = sorted({k for keys in SCHEMA.values() for k, spec in keys.items() if spec.secret})
+_PLAIN_NAMES = {k for keys in (*SCHEMA.values(), TEMPLATE_SCHEMA) for k in keys} - set(_SECRET_NAMES)
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "hook", "cred", "phrase", "private")
+
+
+def _looks_secret(key: str) -> bool:
+    """A secret key, or an unknown one that looks like a misspelling of one (`pasword`, `client_secrt`)."""
+    key = key.lower().removesuffix("_file")
+    if key in _PLAIN_NAMES:  # token_margin is not a secret
+        return False
+    return (
+        key in _SECRET_NAMES
+        or any(word in key for word in _SECRET_WORDS)
+        or bool(difflib.get_close_matches(key, _SECRET_NAMES, n=1, cutoff=0.75))
+    )
+
+
+def _secretish_values(data: Mapping[str, Any]) -> list[str]:
+    """Every value of the raw config that might be a secret: values of secret-looking keys, URL userinfo."""
+    found: list[str] = []
+
+    def walk(body: Mapping[str, Any]) -> None:
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                walk(value)
+            elif isinstance(value, str | int | float) and not isinstance(value, bool):
+                text = str(value)
+                # A *_file key holds a path, shown in errors; unless it does not look like one (the secret itself?)
+                is_path = str(key).endswith("_file") and text.startswith(("/", "."))
+                if _looks_secret(str(key)) and not is_path:
+                    found.append(text)
+                found.extend(url_secrets(text))
+
+    walk(data)
+    return sorted(set(found), key=len, reverse=True)
+
+
 def parse(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None, path: Path | None = None) -> Settings:
     data: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
     _env_overrides(data, os.environ if environ is None else environ)
+    try:
+        return _parse(data, path)
+    except ConfigError as exc:
+        # Belt and braces: the messages above never format a secret, and this makes sure none slips through.
+        raise ConfigError(scrub(str(exc), _secretish_values(data))) from None
+
+
+def _parse(data: dict[str, Any], path: Path | None) -> Settings:
     for sec in data:
         if sec not in SCHEMA and sec != "templates":
             hint = difflib.get_close_matches(sec, [*SCHEMA, "templates"], n=1)
@@ -320,10 +495,16 @@ def parse(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None, path
     if "%(after)s" not in values["source"]["query"] or "%(limit)s" not in values["source"]["query"]:
         raise ConfigError("[source] query must use both %(after)s and %(limit)s")
 
+    if sftp["key_file"]:
+        _warn_if_readable(sftp["key_file"], "[sftp] key_file")
+
     secrets = [v for sec, keys in SCHEMA.items() for k, spec in keys.items() if spec.secret and (v := values[sec][k])]
-    url_password = urlsplit(values["source"]["url"]).password
-    if url_password:
-        secrets += [url_password, unquote(url_password)]
+    secrets += url_secrets(values["source"]["url"])
+    if webhook := values["alerts"]["slack_webhook"]:
+        # An HTTP error may quote only the path of the webhook, and the path is what makes it a secret.
+        path_part = "/" + webhook.partition("://")[2].partition("/")[2]
+        if len(path_part) >= 8:
+            secrets.append(path_part)
     return Settings(
         values=values,
         templates=templates,
@@ -357,7 +538,7 @@ def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
         if spec.secret and isinstance(raw.get(sec), Mapping) and raw[sec].get(key)
     ]
     url = raw.get("source", {}).get("url", "") if isinstance(raw.get("source"), Mapping) else ""
-    if isinstance(url, str) and urlsplit(url).password:
+    if isinstance(url, str) and url_secrets(url):
         inline.append("[source] url (password)")
     try:
         mode = path.stat().st_mode

@@ -27,6 +27,25 @@ def _run(name: str, hint: str, fn: Callable[[], str]) -> Check:
         return Check(name, False, f"{type(exc).__name__}: {exc}", hint)
 
 
+def _message_keys(ctx: Context) -> str:
+    """Notifications waiting to be sent whose stored messageKey MC would refuse (keys are fixed at claim time)."""
+    from mcnotify.message_keys import SQL_INVALID
+
+    channels = ["sms"] + (["email"] if ctx.settings.section("email")["api"] == "transactional" else [])
+    bad = ctx.store.conn.execute(
+        "SELECT count(*), min(batch_id) FROM notifications WHERE status IN ('pending', 'sending')"
+        f" AND channel IN ({','.join('?' * len(channels))}) AND message_key IS NOT NULL"
+        f" AND {SQL_INVALID.format(col='message_key')}",
+        channels,
+    ).fetchone()
+    if bad[0]:
+        raise McnotifyError(
+            f"{bad[0]} notifications waiting to be sent (first in batch {bad[1]}) have a messageKey over"
+            " 100 characters or with characters other than A-Z a-z 0-9 _ . -; MC will refuse every one"
+        )
+    return "every messageKey waiting to be sent is one MC accepts"
+
+
 def checks(ctx: Context) -> list[Check]:
     settings = ctx.settings
     results = [Check("config", True, f"{settings.path} is valid")]
@@ -56,10 +75,18 @@ def checks(ctx: Context) -> list[Check]:
         return "host key verified, logged in, " + sftp.check_login(settings.section("sftp"))
 
     results.append(_run("sftp", "check [sftp] host, credentials and known_hosts", sftp_login))
+    results.append(
+        _run(
+            "message keys",
+            "claimed with an over-long or unsafe [email] message_key_prefix by an older mcnotify: MC refuses them",
+            lambda: _message_keys(ctx),
+        )
+    )
+    # A fresh request, never the cached token: only that proves the credentials as configured now.
     token = _run(
         "mc token",
-        "check [marketing_cloud] auth_url, client_id and client_secret",
-        lambda: f"token for {ctx.mc().tokens.get().rest_url}",
+        "check [marketing_cloud] auth_url, client_id, client_secret and account_id",
+        lambda: f"new token issued for {ctx.mc().tokens.refresh().rest_url}",
     )
     results.append(token)
     if not token.ok:

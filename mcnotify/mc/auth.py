@@ -1,70 +1,118 @@
 """OAuth2 client-credentials token, shared by threads and reused across runs via the state file.
 
-MC asks for at most one token per ~20 minutes; we refresh only shortly before `expires_in` runs out or when
-MC answers 401 for the very token we hold.
+MC asks for at most one token per ~20 minutes; we refresh only shortly before `expires_in` runs out, when MC
+answers 401 for the very token we hold, or when the credentials it was issued for changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from mcnotify.config import check_https_url
+from mcnotify.config import hide_userinfo, parse_http_url
 from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
+from mcnotify.state.perms import tighten
 from mcnotify.state.store import Token
+
+log = logging.getLogger(__name__)
 
 
 def normalise_base_url(url: str) -> str:
+    """A base URL (auth, or the REST/SOAP URL MC returns) as requests will read it, ending in `/`; ValueError
+    when it is not https (or http to loopback) or could be read two ways (see config.parse_http_url)."""
     url = url.strip()
     if "://" not in url:
         url = "https://" + url
-    return url.rstrip("/") + "/"
+    return parse_http_url(url).rstrip("/") + "/"
+
+
+def issued_for(section: Mapping[str, Any]) -> str:
+    """What a token is issued for: an HMAC keyed by the client secret over the auth URL, client id, business
+    unit and scope. Any change means another token; the state file never holds the secret or a plain hash."""
+    what = json.dumps(
+        [
+            "mcnotify-token-v1",
+            str(section["auth_url"]).strip().rstrip("/"),
+            section["client_id"],
+            section.get("account_id") or "",
+            section.get("scope") or "",
+        ]
+    )
+    return hmac.new(str(section["client_secret"]).encode(), what.encode(), hashlib.sha256).hexdigest()
 
 
 class TokenCache:
-    """The token row of the state file, through a connection of its own so any thread may use it."""
+    """The token row of the state file, through a connection of its own so any thread may use it.
+
+    It never creates the state file (StateStore does, private): a file that is gone means no cache."""
 
     def __init__(self, state_path: Path | None) -> None:
         self._path = state_path
 
-    def load(self) -> Token | None:
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection | None]:
         if self._path is None:
-            return None
-        with sqlite3.connect(self._path, timeout=30) as conn:
-            row = conn.execute(
-                "SELECT access_token, rest_url, soap_url, obtained_at, expires_at FROM token WHERE id = 1"
-            ).fetchone()
-        return None if row is None else Token(*row)
-
-    def save(self, token: Token | None) -> None:
-        if self._path is None:
+            yield None
             return
-        conn = sqlite3.connect(self._path, timeout=30)
+        tighten(self._path)
+        # mode=rw: a plain connect would recreate a deleted state file with the umask's mode (0644).
+        uri = self._path.absolute().as_uri() + "?mode=rw"
         try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30)
+        except sqlite3.OperationalError:
+            if self._path.exists():
+                raise
+            log.warning("state file %s is gone: the MC token is not cached", self._path)
+            yield None
+            return
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def load(self, issued_for: str) -> Token | None:
+        """The cached token, if it was issued for these credentials (`issued_for`)."""
+        with self._connect() as conn:
+            if conn is None:
+                return None
+            row = conn.execute(
+                "SELECT access_token, rest_url, soap_url, obtained_at, expires_at, issued_for FROM token WHERE id = 1"
+            ).fetchone()
+        if row is None or not hmac.compare_digest(str(row[5] or ""), issued_for):
+            return None
+        return Token(*row[:5])
+
+    def save(self, token: Token | None, issued_for: str = "") -> None:
+        with self._connect() as conn:
+            if conn is None:
+                return
             with conn:
                 conn.execute("DELETE FROM token")
                 if token is not None:
                     conn.execute(
-                        "INSERT INTO token (id, access_token, rest_url, soap_url, obtained_at, expires_at)"
-                        " VALUES (1, ?, ?, ?, ?, ?)",
+                        "INSERT INTO token (id, access_token, rest_url, soap_url, obtained_at, expires_at, issued_for)"
+                        " VALUES (1, ?, ?, ?, ?, ?, ?)",
                         (
                             token.access_token,
                             token.rest_url,
                             token.soap_url,
                             token.obtained_at,
                             token.expires_at,
+                            issued_for,
                         ),
                     )
-        finally:
-            conn.close()
 
 
 class TokenProvider:
@@ -81,6 +129,7 @@ class TokenProvider:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: Token | None = None
+        self._issued_for = issued_for(section)
         self.requests_made = 0
 
     def _fresh(self, token: Token | None) -> bool:
@@ -93,11 +142,18 @@ class TokenProvider:
     def get(self) -> Token:
         with self._lock:
             if not self._fresh(self._token):
-                cached = self._cache.load()
+                cached = self._cache.load(self._issued_for)
                 self._token = cached if self._fresh(cached) else self._request()
                 if self._token is not cached:
-                    self._cache.save(self._token)
+                    self._cache.save(self._token, self._issued_for)
             assert self._token is not None
+            return self._token
+
+    def refresh(self) -> Token:
+        """A new token, whatever is cached: proof that the credentials work now (doctor)."""
+        with self._lock:
+            self._token = self._request()
+            self._cache.save(self._token, self._issued_for)
             return self._token
 
     def invalidate(self, token: Token) -> None:
@@ -109,7 +165,10 @@ class TokenProvider:
 
     def _request(self) -> Token:
         s = self._section
-        url = normalise_base_url(s["auth_url"]) + "v2/token"
+        try:
+            url = normalise_base_url(s["auth_url"]) + "v2/token"
+        except ValueError as exc:
+            raise ConfigError(f"[marketing_cloud] auth_url {exc}") from None
         body = {
             "grant_type": "client_credentials",
             "client_id": s["client_id"],
@@ -119,7 +178,8 @@ class TokenProvider:
             body["account_id"] = s["account_id"]
         if s["scope"]:
             body["scope"] = s["scope"]
-        host = urlsplit(url).netloc
+        host = url.partition("://")[2].partition("/")[0]  # checked: no userinfo
+        plain_http = url.startswith("http://")  # allowed only to loopback
 
         @retry(
             retry=retry_if_exception_type(TransientMcError),
@@ -131,6 +191,9 @@ class TokenProvider:
             self.requests_made += 1
             try:
                 with self._session_factory() as session:
+                    if plain_http:
+                        # No proxy from the environment: the secret would cross the network in plain text.
+                        session.trust_env = False
                     resp = session.post(url, json=body, timeout=float(s["timeout"]))
             except requests.RequestException as exc:
                 raise TransientMcError(f"MC auth {host} unreachable: {type(exc).__name__}") from None
@@ -155,10 +218,14 @@ class TokenProvider:
             raise ConfigError(f"MC refused the client credentials (HTTP {resp.status_code}): {why}")
         if resp.status_code != 200 or "access_token" not in data:
             raise McApiError(f"MC auth answered HTTP {resp.status_code} without a token", resp.status_code)
-        rest_url = normalise_base_url(data.get("rest_instance_url") or "")
-        soap_url = normalise_base_url(data.get("soap_instance_url") or "")
-        for name, value in (("rest_instance_url", rest_url), ("soap_instance_url", soap_url)):
-            if check_https_url(value):
-                raise McApiError(f"MC token response has an unsafe {name} (https required): {value}")
+        urls = []
+        for name in ("rest_instance_url", "soap_instance_url"):
+            value = data.get(name)
+            try:
+                # The same parser and rules as auth_url; the checked URL is the one used from here on.
+                urls.append(normalise_base_url(value if isinstance(value, str) else ""))
+            except ValueError as exc:
+                shown = hide_userinfo(value)[:200] if isinstance(value, str) else type(value).__name__
+                raise McApiError(f"MC token response has an unsafe {name}: it {exc}, got {shown!r}") from None
         now = self._clock()
-        return Token(data["access_token"], rest_url, soap_url, now, now + float(data.get("expires_in", 1080)))
+        return Token(data["access_token"], urls[0], urls[1], now, now + float(data.get("expires_in", 1080)))

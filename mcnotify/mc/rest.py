@@ -12,7 +12,9 @@ from urllib.parse import quote
 from mcnotify.errors import McApiError
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.mc.client import McClient
+from mcnotify.message_keys import key_problem
 
+KEY_REFUSED = "mcnotify-message-key"  # error code recorded for a messageKey MC would refuse
 PATHS = {"email": "messaging/v1/email/messages/", "sms": "messaging/v1/sms/messages/"}
 
 
@@ -50,6 +52,17 @@ def send_transactional(
     client: McClient, channel: str, definition_key: str, recipients: list[Recipient]
 ) -> dict[str, Verdict]:
     """One batch call; returns a verdict per messageKey. Safe to repeat: keys make it idempotent."""
+    # Keys are fixed at claim time; one MC would refuse (claimed under an over-long prefix by an older mcnotify)
+    # is never sent but recorded failed with the reason, so it cannot fail the batch's other recipients.
+    refused: dict[str, Verdict] = {}
+    for r in recipients:
+        if problem := key_problem(r.message_key):
+            refused[r.message_key] = Verdict(False, KEY_REFUSED, f"{problem}: not sent")
+    if refused:
+        recipients = [r for r in recipients if r.message_key not in refused]
+        if not recipients:
+            return refused
+        return {**refused, **send_transactional(client, channel, definition_key, recipients)}
     reply = client.call("POST", PATHS[channel], json=transactional_body(definition_key, recipients))
     body = reply.body
     if not isinstance(body, dict):

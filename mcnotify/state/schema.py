@@ -83,4 +83,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX notifications_send ON notifications (batch_id, channel, template, status, seq);
     CREATE INDEX runs_command ON runs (command, id);
     """,
+    # 3: the token remembers what it was issued for (an HMAC keyed by the client secret over auth_url, client_id,
+    # account_id and scope; never the secret), so changed credentials never reuse it.
+    """
+    ALTER TABLE token ADD COLUMN issued_for TEXT;
+    """,
 ]

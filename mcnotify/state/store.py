@@ -118,12 +118,15 @@ class StateStore:
             if memory:
                 self.conn = self._connect(":memory:")
             elif read_only:
+                from mcnotify.state.perms import tighten
+
+                tighten(path)  # file modes are not the state's bytes: a preview may make them private too
                 self.conn = self._open_read_only(path)
             else:
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if not path.exists():
-                    # Created private before SQLite opens it: the file holds contacts and a token.
-                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                from mcnotify.state.perms import create_private
+
+                # Private (0600 in a 0700 folder) before SQLite opens it: it holds contacts and a token.
+                create_private(path)
                 self.conn = self._connect(str(path))
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")

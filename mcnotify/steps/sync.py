@@ -23,6 +23,8 @@ from typing import Any
 
 from mcnotify.config import Settings
 from mcnotify.errors import ConfigError, McnotifyError
+from mcnotify.message_keys import MAX_LENGTH as MAX_MESSAGE_KEY
+from mcnotify.message_keys import check_prefix
 from mcnotify.redact import mask_contact
 from mcnotify.source import CREATED_AT, NOT_TEXT, REQUIRED_COLUMNS, Source, open_source
 from mcnotify.state.store import INVALID, PENDING, NewNotification
@@ -60,9 +62,15 @@ class SyncReport:
 
 
 def message_key(prefix: str, channel: str, notification_id: str) -> str:
-    """Stable, unique per (prefix, channel, id), at most 100 characters: MC's idempotency key."""
+    """Stable, unique per (prefix, channel, id), at most 100 characters: MC's idempotency key.
+
+    Plain `{prefix}-{channel}-{id}` for a numeric id while that fits; otherwise the id's hash, which fits for
+    every prefix config validation accepts (mcnotify.message_keys.MAX_PREFIX). 'h' keeps the two forms apart."""
+    check_prefix(prefix)  # a key MC would refuse is never built, even if a caller skipped config validation
     if _PLAIN_ID.match(notification_id):
-        return f"{prefix}-{channel}-{notification_id}"
+        key = f"{prefix}-{channel}-{notification_id}"
+        if len(key) <= MAX_MESSAGE_KEY:
+            return key
     digest = hashlib.sha256(notification_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
     return f"{prefix}-{channel}-h{digest}"
 
