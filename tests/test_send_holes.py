@@ -78,18 +78,21 @@ def test_a_stray_write_or_request_in_a_preview_raises(env: Env, app_db: Any) -> 
     assert StateStore(env.state_path).batch(1).status == "importing"  # type: ignore[union-attr]
 
 
-def test_a_preview_of_a_state_from_an_older_release_migrates_only_in_memory(env: Env, app_db: Any) -> None:
+def test_a_preview_of_a_state_from_an_older_release_migrates_only_a_copy(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(2)))
     assert run_cli(env.config, "sync").exit_code == 0
-    with sqlite3.connect(env.state_path) as conn:
-        # As if written before migration 2: without its indexes.
-        for index in ("notifications_subscriber", "notifications_send", "runs_command"):
-            conn.execute(f"DROP INDEX {index}")
-        conn.execute("PRAGMA user_version = 1")
+    conn = sqlite3.connect(env.state_path)
+    conn.execute("ALTER TABLE token DROP COLUMN issued_for")  # as the release before migration 3 wrote it
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
     before = snapshot(env.state_path.parent)
     assert run_cli(env.config, "send-email", "--dry-run").exit_code == 0
     assert run_cli(env.config, "status").exit_code == 0
     assert snapshot(env.state_path.parent) == before
+    with sqlite3.connect(env.state_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
 
 
 # -- triggered sends: rows whose request never left are released ----------------------------------------------------
