@@ -191,3 +191,119 @@ def test_a_bind_mount_is_the_same_lock(env: Env, app_db: Any, what: str) -> None
     finally:
         subprocess.run(["umount", str(target)], check=True)
     assert env.accepted() == []
+
+
+# -- item 14: every wait obeys SIGTERM -------------------------------------------------------------------------
+
+
+def test_sigterm_while_the_sftp_server_never_answers(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(3)))
+    with black_hole() as hole:
+        env.write(sftp={"port": hole.port, "timeout": 30.0})
+        rc, err, seconds = stop_run(env, lambda: bool(hole.connections))
+    assert_stopped(rc, err, seconds, env)
+    assert batch_status(env) == "claimed"  # the claimed rows are kept; the upload is redone
+    env.write(sftp={"port": env.sshd.port})
+    assert run_cli(env.config, "run-all").exit_code == 0
+    delivered_once(env, 9)
+
+
+def test_sigterm_while_the_mc_token_request_hangs(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(3)))
+    good = env.values["marketing_cloud"]["auth_url"]
+    with black_hole() as hole:
+        env.write(marketing_cloud={"auth_url": f"http://127.0.0.1:{hole.port}/", "timeout": 30.0})
+        rc, err, seconds = stop_run(env, lambda: hole.received > 0)
+    assert_stopped(rc, err, seconds, env)
+    assert batch_status(env) == "uploaded"  # the upload is recorded; the import starts next run
+    env.write(marketing_cloud={"auth_url": good})
+    assert run_cli(env.config, "run-all").exit_code == 0
+    delivered_once(env, 9)
+
+
+def test_sigterm_while_mysql_never_answers(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(1)))
+    good = env.values["source"]["url"]
+    with black_hole() as hole:
+        env.write(source={"url": good.replace(f":{env.mariadb.port}/", f":{hole.port}/"), "connect_timeout": 30.0})
+        rc, err, seconds = stop_run(env, lambda: bool(hole.connections))
+    assert_stopped(rc, err, seconds, env)
+    env.write(source={"url": good})
+    assert run_cli(env.config, "run-all").exit_code == 0
+    delivered_once(env, 3)
+
+
+def _slow_sends(env: Env, seconds: float, times: int = 10_000) -> Callable[[], bool]:
+    """MC's send endpoints take `seconds` to answer; returns "a send is being held" for stop_run."""
+    env.sandbox.settings.slow_seconds = seconds
+    env.sandbox.account.inject("slow", times=times, path_prefix="/messaging")
+    fault = env.sandbox.account.faults[-1]
+    return lambda: fault.remaining < times
+
+
+def test_sigterm_while_a_transactional_send_hangs(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(20)))
+    env.write(email={"batch_size": 5, "concurrency": 2}, marketing_cloud={"timeout": 30.0})
+    rc, err, seconds = stop_run(env, _slow_sends(env, 30.0))
+    assert_stopped(rc, err, seconds, env)
+    assert statuses(env)["pending"] == 40  # nothing recorded as sent that was not; keys make a resend safe
+    env.sandbox.account.faults.clear()
+    assert run_cli(env.config, "run-all").exit_code == 0
+    delivered_once(env, 60)
+
+
+def test_sigterm_during_a_retry_backoff(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(5)))
+    env.write(marketing_cloud={"backoff_max": 60.0, "max_attempts": 5})
+    env.sandbox.account.inject("500", times=10_000, path_prefix="/messaging")
+    fault = env.sandbox.account.faults[-1]
+    rc, err, seconds = stop_run(env, lambda: fault.remaining < 10_000)
+    assert_stopped(rc, err, seconds, env)
+
+
+def test_sigterm_records_a_hung_triggered_send_as_unknown(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(10)))
+    env.write(email={"api": "triggered-send", "concurrency": 2}, marketing_cloud={"timeout": 30.0})
+    rc, err, seconds = stop_run(env, _slow_sends(env, 30.0))
+    assert_stopped(rc, err, seconds, env)
+    counts = statuses(env)
+    # Only the requests MC had been handed are unknown; the rest go out next run.
+    assert 1 <= counts["unknown"] <= 2 and counts["pending"] == 20 - counts["unknown"], counts
+    with sqlite3.connect(env.state_path) as conn:
+        reasons = {r[0] for r in conn.execute("SELECT reason FROM notifications WHERE status = 'unknown'")}
+    assert all("stop request" in r for r in reasons), reasons
+
+
+def test_sigterm_records_a_slow_triggered_send_that_answers_within_the_grace(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(10)))
+    env.write(email={"api": "triggered-send", "concurrency": 1}, marketing_cloud={"timeout": 30.0})
+    rc, err, seconds = stop_run(env, _slow_sends(env, 1.0, times=1))
+    assert_stopped(rc, err, seconds, env)
+    counts = statuses(env)
+    assert counts["sent"] >= 1 and counts["unknown"] == 0, counts  # its true outcome, not "unknown"
+    assert len(env.accepted()) == counts["sent"]  # what MC accepted is what the state says was sent
+
+
+# -- SIGINT: like SIGTERM, exit 130 ------------------------------------------------------------------------------
+
+
+def test_ctrl_c_finishes_the_requests_in_flight_and_stops_with_130(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(300)))
+    env.sandbox.settings.latency = 0.2
+    env.write(email={"batch_size": 5, "concurrency": 2})
+    rc, err, seconds = stop_run(env, lambda: any(m["channel"] == "email" for m in env.accepted()), signal.SIGINT)
+    assert_stopped(rc, err, seconds, env, code=130)
+    with sqlite3.connect(env.state_path) as conn:
+        sent = {r[0] for r in conn.execute("SELECT message_key FROM notifications WHERE status = 'sent'")}
+    assert {m["messageKey"] for m in env.accepted()} == sent and 0 < len(sent) < 900
+    env.sandbox.settings.latency = 0
+    assert run_cli(env.config, "run-all").exit_code == 0
+    delivered_once(env, 900)
+
+
+def test_ctrl_c_while_the_sftp_server_never_answers(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(1)))
+    with black_hole() as hole:
+        env.write(sftp={"port": hole.port, "timeout": 30.0})
+        rc, err, seconds = stop_run(env, lambda: bool(hole.connections), signal.SIGINT)
+    assert_stopped(rc, err, seconds, env, code=130)
