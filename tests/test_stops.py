@@ -307,3 +307,29 @@ def test_ctrl_c_while_the_sftp_server_never_answers(env: Env, app_db: Any) -> No
         env.write(sftp={"port": hole.port, "timeout": 30.0})
         rc, err, seconds = stop_run(env, lambda: bool(hole.connections), signal.SIGINT)
     assert_stopped(rc, err, seconds, env, code=130)
+
+
+# -- item 15: the sandbox command obeys SIGTERM ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sandbox_command_stops_on_a_signal(tmp_path: Path, signum: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcnotify", "sandbox", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        config = tmp_path / "config.toml"
+        deadline = time.monotonic() + 30
+        while not (config.exists() and "[templates." in config.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the sandbox did not start"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "sandbox stopped" in out, (proc.returncode, err)
