@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mcnotify.config import Settings
-from mcnotify.errors import EXIT_OK, EXIT_TEMPORARY, Stopped
+from mcnotify.errors import EXIT_OK, EXIT_TEMPORARY
 from mcnotify.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def run_started(settings: Settings, command: str) -> None:
 
 def run_finished(settings: Settings, store: StateStore, command: str, exit_code: int, error: str | None) -> None:
     host = socket.gethostname()
-    if exit_code == Stopped.exit_code:  # an operator's systemctl stop is not an incident
+    if exit_code in (143, 130):  # an operator's systemctl stop or Ctrl-C is not an incident
         return
     if exit_code in (EXIT_OK, EXIT_TEMPORARY):
         _ping(settings, "")

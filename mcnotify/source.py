@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from mcnotify import stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 REQUIRED_COLUMNS = ("notification_id", "template", "subscriber_key", "email", "phone")
@@ -120,11 +121,16 @@ class MySQLSource:
             retry=retry_if_exception_type(ServiceUnavailable),
             stop=stop_after_attempt(3),
             wait=wait_exponential(multiplier=0.5, max=4),
+            sleep=stop.sleep,  # a stop request ends the backoff at once (Stopped)
             reraise=True,
         )
         def attempt() -> Any:
             try:
-                return pymysql.connect(**self._params)
+                # In a helper thread: a server that accepts and never answers holds it for connect_timeout,
+                # and a stop request must not wait for that. Connecting twice later is harmless.
+                return stop.run(
+                    lambda: pymysql.connect(**self._params), what="MySQL connect", cancel_unsent=lambda: True
+                )
             except pymysql.err.OperationalError as exc:
                 code = exc.args[0] if exc.args else 0
                 where = f"{self._params['host']}:{self._params['port']}"

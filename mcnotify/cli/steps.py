@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -111,7 +110,7 @@ def sandbox(
     latency_ms: Annotated[float, typer.Option(help="Added to every MC request, milliseconds.")] = 0.0,
     fault_rate: Annotated[float, typer.Option(help="Share of MC requests that fail (429/500/503/reset/...).")] = 0.0,
 ) -> None:
-    """Run the local Marketing Cloud stand-in until Ctrl-C, and print a config pointing at it."""
+    """Run the local Marketing Cloud stand-in until Ctrl-C or SIGTERM, and print a config pointing at it."""
     import secrets as pysecrets
 
     from mcnotify.sandbox import Sandbox
@@ -136,14 +135,17 @@ def sandbox(
     out.print(
         f"# sandbox: MC on {box.url}, SFTP on 127.0.0.1:{box.sftp.port if box.sftp else '-'}; config written to "
         f"{config} (point [source] at your data); accepted messages in {box.account.record_path} and at "
-        f"{box.url}_sandbox/record. Ctrl-C stops it.",
+        f"{box.url}_sandbox/record. Ctrl-C or SIGTERM stops it.",
         markup=False,
     )
+    from mcnotify.stop import STOP
+
+    # SIGTERM or Ctrl-C sets STOP (see mcnotify.cli.main); either is this command's normal end (exit 0).
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        STOP.wait()
+    finally:
         box.stop()
+    out.print("# sandbox stopped", markup=False)
 
 
 @app.command()

@@ -21,8 +21,10 @@ from typing import Any
 import requests
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from mcnotify import stop
 from mcnotify.config import hide_userinfo, parse_http_url
 from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
+from mcnotify.mc import wire
 from mcnotify.state.perms import tighten
 from mcnotify.state.store import Token
 
@@ -120,12 +122,12 @@ class TokenProvider:
         self,
         section: Mapping[str, Any],
         cache: TokenCache,
-        session_factory: Callable[[], requests.Session] = requests.Session,
+        session_factory: Callable[[], requests.Session] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._section = section
         self._cache = cache
-        self._session_factory = session_factory
+        self._session_factory = session_factory or wire.new_session  # wire: requests a stop can cut short
         self._clock = clock
         self._lock = threading.Lock()
         self._token: Token | None = None
@@ -185,16 +187,21 @@ class TokenProvider:
             retry=retry_if_exception_type(TransientMcError),
             stop=stop_after_attempt(int(s["max_attempts"])),
             wait=wait_exponential(multiplier=1, max=float(s["backoff_max"])),
+            sleep=stop.sleep,  # a stop request ends the backoff at once (Stopped)
             reraise=True,
         )
         def post() -> requests.Response:
+            stop.check()
             self.requests_made += 1
             try:
                 with self._session_factory() as session:
                     if plain_http:
                         # No proxy from the environment: the secret would cross the network in plain text.
                         session.trust_env = False
-                    resp = session.post(url, json=body, timeout=float(s["timeout"]))
+                    # A stop request abandons it (Stopped): asking for a token again later is harmless.
+                    resp = wire.request(
+                        session, "POST", url, what="MC token request", json=body, timeout=float(s["timeout"])
+                    )
             except requests.RequestException as exc:
                 raise TransientMcError(f"MC auth {host} unreachable: {type(exc).__name__}") from None
             if resp.status_code == 429 or resp.status_code >= 500:

@@ -6,6 +6,8 @@
 - 429 / 5xx / connection failures are retried with exponential backoff, honouring Retry-After. A request that
   is not idempotent is only retried when it certainly never reached MC.
 - A 401 drops the token, fetches a new one and retries once.
+- A stop request (SIGTERM, Ctrl-C) cuts every wait short: a backoff sleep, a request not yet sent (Stopped),
+  a request already sent once the stop grace is over (Stopped if idempotent, else OutcomeUnknown).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from mcnotify import stop
 from mcnotify.errors import AuthExpired, ServiceUnavailable, TransientMcError
+from mcnotify.mc import wire
 from mcnotify.mc.auth import TokenProvider
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ class McClient:
         self,
         section: Mapping[str, Any],
         tokens: TokenProvider,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = stop.sleep,
         on_throttle: Callable[[], None] | None = None,
     ) -> None:
         self._section = section
@@ -80,7 +84,7 @@ class McClient:
         if session is not None and now - last >= float(self._section["idle_close"]):
             session.close()
         if session is None:
-            session = requests.Session()
+            session = wire.new_session()
             self._local.session = session
         self._local.last_used = now
         return session
@@ -117,6 +121,7 @@ class McClient:
 
         def attempt() -> Reply:
             nonlocal refreshed
+            stop.check()  # e.g. after a backoff sleep that a stop request cut short
             token = self.tokens.get()
             base = token.rest_url if api == "rest" else token.soap_url
             url = base + path.lstrip("/")
@@ -126,10 +131,25 @@ class McClient:
                 action, build = soap
                 headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
                 data = build(token.access_token).encode("utf-8")
+            session = self._session()
             try:
-                resp = self._session().request(
-                    method, url, json=json, data=data, headers=headers, timeout=float(self._section["timeout"])
+                resp = wire.request(
+                    session,
+                    method,
+                    url,
+                    what=f"MC request {method} {urlsplit(url).path}",
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    timeout=float(self._section["timeout"]),
                 )
+            except stop.Abandoned as exc:
+                self._local.session = None  # its connection may still be in use by the abandoned helper thread
+                if exc.maybe_sent and not idempotent:
+                    raise OutcomeUnknown(
+                        f"MC {urlsplit(url).netloc} gave no reply within {stop.GRACE:g} s of the stop request"
+                    ) from None
+                raise
             except requests.RequestException as exc:
                 problem = f"MC {urlsplit(url).netloc} unreachable ({type(exc).__name__})"
                 if not idempotent and not _never_sent(exc):

@@ -1,4 +1,9 @@
-"""Upload one file to MC's Enhanced SFTP: host key verified against known_hosts, temp name then rename."""
+"""Upload one file to MC's Enhanced SFTP: host key verified against known_hosts, temp name then rename.
+
+paramiko blocks (connect, banner, auth, put) for up to `timeout` per step, so the work runs in a helper thread
+(mcnotify.stop.run): a stop request gives an upload under way the stop grace to finish, then closes the
+connection and raises Stopped. Uploading again later is harmless (temp name, then rename).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,13 @@ import base64
 import contextlib
 import hashlib
 import posixpath
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
+from mcnotify import stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 
@@ -21,11 +26,22 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def _connect(section: Mapping[str, Any]) -> paramiko.SSHClient:
+def _stoppable(section: Mapping[str, Any], what: str, work: Callable[[list[paramiko.SSHClient]], str]) -> str:
+    clients: list[paramiko.SSHClient] = []  # closed from the waiting thread if a stop abandons the work
+
+    def abandon() -> None:
+        for client in clients:
+            client.close()
+
+    return stop.run(lambda: work(clients), what=f"{what} {section['host']}", abandon=abandon)
+
+
+def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> paramiko.SSHClient:
     known_hosts = Path(section["known_hosts"]).expanduser()
     if not known_hosts.is_file():
         raise ConfigError(f"[sftp] known_hosts file not found: {known_hosts}")
     client = paramiko.SSHClient()
+    clients.append(client)
     try:
         client.load_host_keys(str(known_hosts))
     except (OSError, paramiko.SSHException) as exc:
@@ -37,7 +53,7 @@ def _connect(section: Mapping[str, Any]) -> paramiko.SSHClient:
     last = ""
     for attempt in range(3):
         if attempt:
-            time.sleep(2.0**attempt)
+            stop.sleep(2.0**attempt)  # a stop request ends it at once (Stopped)
         try:
             client.connect(
                 host,
@@ -81,10 +97,14 @@ def _connect(section: Mapping[str, Any]) -> paramiko.SSHClient:
 def upload(section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
     """Upload `local_path` as `remote_dir/remote_name`; returns the remote path. Never leaves a partial file
     under the final name: MC may import whatever it finds there."""
+    return _stoppable(section, "SFTP upload to", lambda clients: _upload(section, local_path, remote_name, clients))
+
+
+def _upload(section: Mapping[str, Any], local_path: Path, remote_name: str, clients: list[paramiko.SSHClient]) -> str:
     remote_dir = section["remote_dir"]
     final = posixpath.join(remote_dir, remote_name)
     partial = posixpath.join(remote_dir, f"{remote_name}.part")
-    client = _connect(section)
+    client = _connect(section, clients)
     try:
         sftp = client.open_sftp()
         sftp.get_channel().settimeout(float(section["timeout"]))  # type: ignore[union-attr]
@@ -112,9 +132,13 @@ def upload(section: Mapping[str, Any], local_path: Path, remote_name: str) -> st
 
 def check_login(section: Mapping[str, Any]) -> str:
     """Connect, verify the host key, log in and list remote_dir: for `doctor`."""
-    client = _connect(section)
-    try:
-        names = client.open_sftp().listdir(section["remote_dir"])
-        return f"{len(names)} entries in {section['remote_dir']}"
-    finally:
-        client.close()
+
+    def work(clients: list[paramiko.SSHClient]) -> str:
+        client = _connect(section, clients)
+        try:
+            names = client.open_sftp().listdir(section["remote_dir"])
+            return f"{len(names)} entries in {section['remote_dir']}"
+        finally:
+            client.close()
+
+    return _stoppable(section, "SFTP login check on", work)

@@ -143,6 +143,7 @@ class StateStore:
         except (sqlite3.Error, OSError) as exc:
             raise McnotifyError(f"cannot open state file {path}: {exc}") from None
         self._lock_fd: int | None = None
+        self._held_fds: list[int] = []  # fds of the state file, closed only after the connection
 
     @staticmethod
     def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
@@ -185,6 +186,7 @@ class StateStore:
     def close(self) -> None:
         self.unlock()
         self.conn.close()
+        self._close_lock_fds()  # only now: closing a fd of the state file drops SQLite's locks on it
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -208,19 +210,38 @@ class StateStore:
             self.conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
 
     def lock(self) -> None:
-        """An advisory lock held for the life of the process; the kernel drops it if we die."""
-        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        """One run at a time per state file, whatever name it is reached by (a symlink, `..`, a hard link, a
+        bind mount, a second config): an advisory flock on the state file's own inode, held for the life of the
+        process (the kernel drops it if we die).
+
+        flock and SQLite's POSIX (fcntl) locks do not interact on Linux, but closing ANY fd of a file drops
+        all of this process's POSIX locks on it, SQLite's included (in WAL mode a connection holds a shared
+        lock on the database file for as long as it is open). So this fd is opened once and closed only
+        after SQLite's connection is closed (see close())."""
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise McnotifyError(f"cannot open state file {self.path} to lock it: {exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            # Keep the fd until close(): closing it now would drop SQLite's locks on the file.
+            self._held_fds.append(fd)
             raise LockHeld(f"another mcnotify run holds the lock on {self.path}; try again later") from None
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        """Release the run lock. The fd itself is closed by _close_lock_fds(), after the connection."""
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._held_fds.append(self._lock_fd)
             self._lock_fd = None
+
+    def _close_lock_fds(self) -> None:
+        while self._held_fds:
+            os.close(self._held_fds.pop())
 
     # -- meta ---------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:

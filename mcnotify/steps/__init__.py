@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mcnotify.config import Settings
-from mcnotify.errors import DryRunRefused, Stopped
+from mcnotify.errors import DryRunRefused
 from mcnotify.state import StateStore
+from mcnotify.stop import STOP, request_stop
+from mcnotify.stop import check as _check_stop
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -20,12 +21,8 @@ if TYPE_CHECKING:
     from mcnotify.mc.client import McClient
 
 
-# Set by the CLI's SIGTERM handler: steps finish what is in flight, record it, and stop.
-STOP = threading.Event()
-
-
-def request_stop() -> None:
-    STOP.set()
+# STOP is set on SIGTERM or Ctrl-C (see mcnotify.stop): steps finish what is in flight, record it, and stop.
+__all__ = ["STOP", "Context", "request_stop"]
 
 
 def _sleep(seconds: float) -> None:
@@ -71,8 +68,7 @@ class Context:
         return STOP.is_set()
 
     def check_stop(self) -> None:
-        if STOP.is_set():
-            raise Stopped("stopped by SIGTERM after finishing and recording the work in flight; the next run resumes")
+        _check_stop()  # Stopped, exit 143 for SIGTERM or 130 for Ctrl-C
 
     def close(self) -> None:
         if self._client is not None:
