@@ -314,6 +314,9 @@ class FakeSession:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def request(self, method: str, url: str, **kwargs: Any) -> FakeResponse:
+        return self.post(url, **kwargs)
+
     def post(self, url: str, **kwargs: Any) -> FakeResponse:
         return FakeResponse(
             {

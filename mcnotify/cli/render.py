@@ -15,7 +15,7 @@ def _render_sync(r: Any, dry_run: bool) -> None:
     if dry_run:
         out.print(
             f"[bold]sync (dry run)[/bold]: {r.new_rows} new notifications, {r.invalid} invalid, "
-            f"{r.conflicts} key conflicts; would upload {r.csv_rows} subscribers"
+            f"{r.expired} expired, {r.conflicts} key conflicts; would upload {r.csv_rows} subscribers"
         )
         for reason, n in sorted(r.invalid_reasons.items(), key=lambda kv: -kv[1]):
             out.print(f"  invalid: {n} x {reason}", markup=False)
@@ -30,7 +30,8 @@ def _render_sync(r: Any, dry_run: bool) -> None:
         out.print(f"sync: {r.note}")
         return
     out.print(
-        f"sync: batch {r.batch_id}: {r.new_rows} new, {r.invalid} invalid, {r.conflicts} key conflicts, "
+        f"sync: batch {r.batch_id}: {r.new_rows} new, {r.invalid} invalid, {r.expired} expired, "
+        f"{r.conflicts} key conflicts, "
         f"{r.csv_rows} subscribers uploaded"
         + (f", import task {r.task_id}" if r.task_id else "")
         + (f" ({r.note})" if r.note else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 from pathlib import Path
 
@@ -37,13 +38,21 @@ EVENTS = [  # (sender index, receiver index, amount)
 ]
 
 
+# The demo's events carry their time, so source.max_age protects a first run as it would in production.
+DEMO_QUERY = (
+    "SELECT notification_id, template, subscriber_key, email, phone, sender_name, receiver_name, amount, created_at"
+    " FROM notifications WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s"
+)
+
+
 def make_source(path: Path) -> int:
     """Three notifications per event: receiver email and SMS, sender email. Returns the row count."""
     conn = sqlite3.connect(path)
     conn.execute(
         "CREATE TABLE notifications (notification_id INTEGER PRIMARY KEY, template TEXT, subscriber_key TEXT,"
-        " email TEXT, phone TEXT, sender_name TEXT, receiver_name TEXT, amount INTEGER)"
+        " email TEXT, phone TEXT, sender_name TEXT, receiver_name TEXT, amount INTEGER, created_at TEXT)"
     )
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     rows = []
     nid = 1000
     for sender_i, receiver_i, amount in EVENTS:
@@ -54,13 +63,17 @@ def make_source(path: Path) -> int:
             ("envelope-sent", sender),
         ):
             nid += 1
-            rows.append((nid, template, member[0], member[2], member[3], sender[1], receiver[1], amount))
+            rows.append((nid, template, member[0], member[2], member[3], sender[1], receiver[1], amount, now))
     # Nami changed her email between two events: the newest one wins.
     nid += 1
-    rows.append((nid, "envelope-received", "m-1002", "nami.new@example.com", "0922 111 222", "Zoro", "Nami", 5))
+    rows.append((nid, "envelope-received", "m-1002", "nami.new@example.com", "0922 111 222", "Zoro", "Nami", 5, now))
     nid += 1
-    rows.append((nid, "birthday-coupon", "m-1001", "luffy@example.com", "0912-345-678", "EZTABLE", "Luffy", 0))
-    conn.executemany("INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    rows.append((nid, "birthday-coupon", "m-1001", "luffy@example.com", "0912-345-678", "EZTABLE", "Luffy", 0, now))
+    # An event from last week: older than source.max_age, so it is recorded expired, never sent.
+    nid += 1
+    week_ago = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=7)).isoformat(timespec="seconds")
+    rows.append((nid, "envelope-received", "m-1001", "luffy@example.com", "", "Nami", "Luffy", 1, week_ago))
+    conn.executemany("INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn.commit()
     conn.close()
     return len(rows)
@@ -72,6 +85,8 @@ def prepare(workdir: Path) -> tuple[Sandbox, Path, int]:
     count = make_source(source)
     sandbox = Sandbox(workdir).start()
     config = workdir / "config.toml"
-    config.write_text(sandbox.config_toml(workdir / "state" / "state.db", f"sqlite:///{source}", poll_interval=0.3))
+    config.write_text(
+        sandbox.config_toml(workdir / "state" / "state.db", f"sqlite:///{source}", poll_interval=0.3, query=DEMO_QUERY)
+    )
     config.chmod(0o600)
     return sandbox, config, count

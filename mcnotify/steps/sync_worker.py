@@ -56,7 +56,11 @@ def classified(ctx: Context, after: Any, limit: int, kind: str | None = None) ->
         worker.stdin.close()
         reader.start()
         while True:
-            frame = frames.get()
+            try:
+                frame = frames.get(timeout=0.2)
+            except queue.Empty:
+                ctx.check_stop()  # a stop request ends the sync (the child is killed below); nothing half-stored
+                continue
             if frame is None:
                 ctx.check_stop()
                 raise McnotifyError("sync: the reading process ended without finishing")
