@@ -20,7 +20,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mcnotify tests $(wildcard bench)
-	$(BIN)/mypy mcnotify
+	$(BIN)/ruff format --check mcnotify tests $(wildcard bench)
+	$(BIN)/mypy mcnotify tests
 
 bench: $(STAMP)
 	test -f bench/run.py && $(BIN)/python bench/run.py

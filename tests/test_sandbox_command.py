@@ -25,7 +25,7 @@ def test_sandbox_command_serves_a_real_run(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while not (config.exists() and "[templates." in config.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert config.exists(), proc.stderr.read() if proc.poll() is not None else "no config written"
+        assert config.exists(), proc.stderr.read() if proc.stderr and proc.poll() is not None else "no config written"
         make_source(tmp_path / "app.sqlite")
         text = config.read_text().replace("poll_interval = 0.5", "poll_interval = 0.1")
         config.write_text(text)

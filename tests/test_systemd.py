@@ -16,6 +16,7 @@ def test_every_unit_verifies(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         skip_or_fail_in_ci("!!! systemd-analyze not installed: unit files NOT verified")
+    assert analyze is not None
     # verify checks that ExecStart exists: point it at this environment's mcnotify.
     exe = shutil.which("mcnotify") or str(Path(sys.executable).parent / "mcnotify")
     names = []

@@ -24,7 +24,7 @@ from mcnotify.state import StateStore
 from mcnotify.steps.sync import message_key, write_csv
 from tests.helpers import run_cli
 
-csv_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+csv_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
 
 
 @given(st.lists(st.tuples(csv_text, csv_text), max_size=20))
