@@ -23,7 +23,7 @@ grep -q "Luffy via EZTABLE" "$work/out.txt"
 test ! -e "$work/state.db"
 # The same preview with the reading process (it must start from inside the single file too).
 MCNOTIFY_SOURCE_PARALLEL_AFTER=10 "$exe" --config "$work/config.toml" sync --dry-run | tee "$work/out2.txt"
-grep -q "38 new notifications" "$work/out2.txt"
+grep -q "39 new notifications, 8 invalid, 1 expired" "$work/out2.txt"
 start=$(date +%s%N)
 "$exe" --help > /dev/null
 echo "dist: mcnotify --help took $(( ($(date +%s%N) - start) / 1000000 )) ms once unpacked"

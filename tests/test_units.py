@@ -202,7 +202,7 @@ def test_sqlite_source_and_builtin_sftp_sandbox(tmp_path: Path) -> None:
     box, config, _rows = demo.prepare(tmp_path)
     try:
         dry = run_cli(config, "sync", "--dry-run")
-        assert dry.exit_code == 0 and "39 new notifications" in dry.output and "1 expired" in dry.output
+        assert dry.exit_code == 0 and "39 new notifications, 8 invalid, 1 expired" in dry.output
         assert run_cli(config, "sync").exit_code == 0
         uploaded = (tmp_path / "sftp" / "Import" / "mcnotify-subscribers.csv").read_bytes()
         assert uploaded.startswith(b"SubscriberKey,EmailAddress\r\n") and b"nami.new@example.com" in uploaded

@@ -12,8 +12,9 @@ from mcnotify.sandbox.http import SandboxServer
 from mcnotify.sandbox.model import Account, SandboxSettings
 from mcnotify.sandbox.sftp_server import SFTPSandbox
 
+# The demo source's shape (sandbox/demo.py): events carry their time, so source.max_age protects a first run.
 DEFAULT_QUERY = (
-    "SELECT notification_id, template, subscriber_key, email, phone, sender_name, receiver_name, amount"
+    "SELECT notification_id, template, subscriber_key, email, phone, sender_name, receiver_name, amount, created_at"
     " FROM notifications WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s"
 )
 

@@ -38,13 +38,6 @@ EVENTS = [  # (sender index, receiver index, amount)
 ]
 
 
-# The demo's events carry their time, so source.max_age protects a first run as it would in production.
-DEMO_QUERY = (
-    "SELECT notification_id, template, subscriber_key, email, phone, sender_name, receiver_name, amount, created_at"
-    " FROM notifications WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s"
-)
-
-
 def make_source(path: Path) -> int:
     """Three notifications per event: receiver email and SMS, sender email. Returns the row count."""
     conn = sqlite3.connect(path)
@@ -85,8 +78,6 @@ def prepare(workdir: Path) -> tuple[Sandbox, Path, int]:
     count = make_source(source)
     sandbox = Sandbox(workdir).start()
     config = workdir / "config.toml"
-    config.write_text(
-        sandbox.config_toml(workdir / "state" / "state.db", f"sqlite:///{source}", poll_interval=0.3, query=DEMO_QUERY)
-    )
+    config.write_text(sandbox.config_toml(workdir / "state" / "state.db", f"sqlite:///{source}", poll_interval=0.3))
     config.chmod(0o600)
     return sandbox, config, count
