@@ -87,7 +87,7 @@ def test_history_show_and_metrics(demo: tuple[Sandbox, Path], tmp_path: Path) ->
     assert json.loads(run_cli(config, "history", "--json", "--result", "failed").output) == []
     shown = run_cli(config, "show", "1")
     assert shown.exit_code == 0 and "█" in shown.output and "wait-import" in shown.output
-    assert "email: 6 invalid, 19 sent" in shown.output and "Completed" in shown.output
+    assert "email: 1 expired, 6 invalid, 19 sent" in shown.output and "Completed" in shown.output
     view = json.loads(run_cli(config, "show", "1", "--json").output)
     assert view["steps"]["send-email"]["status"] == "done" and view["import"]["ok"] == 7
     text = metrics.read_text()
@@ -165,7 +165,7 @@ def test_logs_for_journald_and_json_mask_contacts(demo: tuple[Sandbox, Path], mo
     as_json = run_cli(config, "--log-json", "sync")
     records = [json.loads(line) for line in as_json.stderr.splitlines() if line.startswith("{")]
     assert records and {"time", "level", "logger", "message"} <= set(records[0])
-    assert any(r["message"].startswith("sync: claimed 38") for r in records)
+    assert any(r["message"].startswith("sync: claimed 39") for r in records)
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     journal = run_cli(config, "run-all")
     lines = [line for line in journal.stderr.splitlines() if line]

@@ -444,6 +444,8 @@ class StateStore:
         if batch_id is not None:
             sql += " AND batch_id = ?"
             args = (batch_id,)
+        else:  # only batches with work left: a done batch has none, and there may be millions of its rows
+            sql += " AND batch_id IN (SELECT id FROM batches WHERE status != 'done')"
         return {(r[0], r[1]): r[2] for r in self.conn.execute(sql + " GROUP BY template, channel", args)}
 
     def mark(self, seqs: Sequence[int], status: str) -> None:
