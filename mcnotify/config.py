@@ -169,6 +169,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "poll_interval": Key(float, 15.0, check=_between(0.01, 3600)),
         "timeout": Key(float, 1800.0, check=_between(0.1, 86400)),
         "delay": Key(float, 120.0, check=_between(0, 86400)),
+        "clock_skew": Key(float, 5.0, check=_between(0, 3600)),
     },
     "email": {
         "api": Key(str, "transactional", check=_one_of("transactional", "triggered-send")),
@@ -353,6 +354,8 @@ def _read_secret_file(path: str, where: str, secret: bool) -> str:
         # A relative "path" may be the secret itself, put in the *_file key by mistake: do not echo it.
         shown = path if path.startswith(("/", ".")) else "the file it names (a relative path, not shown)"
         raise ConfigError(f"{where}: cannot read {shown}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: the file is not UTF-8 text") from None
     if secret:
         _warn_if_readable(path, where)
     return value

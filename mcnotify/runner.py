@@ -88,7 +88,11 @@ def _state_errors(settings: Settings, fn: Callable[[], T]) -> T:
 
 
 def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | None, counts: dict[str, Any]) -> None:
-    ctx.store.run_finished(run_id, code, error, counts)
+    if ctx.store.lost:
+        # The file is no longer ours (deleted, emptied, replaced): writing the run into it would damage it.
+        logging.getLogger(__name__).warning("run not recorded: the state file is no longer the one opened")
+    else:
+        ctx.store.run_finished(run_id, code, error, counts)
     try:
         hooks.run_finished(ctx.settings, ctx.store, command, code, error)
     except Exception:  # hooks guard themselves; this is the last line of defence

@@ -317,3 +317,87 @@ def test_a_crash_after_the_import_start_is_resolved_by_a_look_up(
     app_db([row(i, f"m-{i}", f"member{i}@example.com") for i in range(6, 9)])
     assert run_cli(env.config, "run-all").exit_code == 0
     assert import_runs(env) == 2 and len(message_keys(env)) == 8
+
+
+# -- found by trying to break the above --------------------------------------------------------------------------
+
+
+def test_a_cursor_shared_by_two_rows_stops_with_one_line(env: Env) -> None:
+    # created_at as the cursor, with ties: `> after` would skip a row whose twin ended the previous page. A tie
+    # is seen within a page (a tie exactly at a page boundary cannot be seen: the cursor must be unique).
+    rows = [
+        (*row(i, f"m-{i}", f"member{i}@example.com"), "2026-11-29 10:00:00" if i > 2 else f"2026-11-29 0{i}")
+        for i in range(1, 8)
+    ]
+    sqlite_source(env, rows, ", created_at TEXT")
+    env.write(
+        source={
+            "cursor_column": "created_at",
+            "batch_limit": 5,
+            "max_age": 0,
+            "query": QUERY.replace("notification_id,", "notification_id, created_at,", 1)
+            .replace("notification_id > %(after)s", "created_at > %(after)s")
+            .replace("ORDER BY notification_id", "ORDER BY created_at"),
+        }
+    )
+    result = run_cli(env.config, "sync")
+    assert result.exit_code == 78, result.output
+    (line,) = error_lines(result.output)
+    assert "cursor_column created_at is not unique" in line
+    assert env.accepted() == []
+
+
+def test_a_text_cursor_in_the_databases_own_order_is_not_refused(env: Env) -> None:
+    # SQLite's binary order puts '_' between 'Z' and 'a'; a case-blind comparison called that a descent.
+    rows = [row(nid, f"m-{nid}", f"member{n}@example.com") for n, nid in enumerate(["B1", "Z3", "_4", "a2"])]
+    sqlite_source(env, rows)
+    env.write(source={"query": QUERY.replace("%(after)s", "CAST(%(after)s AS TEXT)")})
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert {status for status, _ in state_rows(env).values()} == {"sent"} and len(state_rows(env)) == 4
+
+
+def test_an_id_with_a_trailing_newline_gets_a_valid_hashed_key() -> None:
+    from mcnotify.steps.sync import message_key
+
+    key = message_key("mcn", "email", "1002\n")
+    assert key.startswith("mcn-email-h") and "\n" not in key and len(key) <= 100
+    assert message_key("mcn", "email", "1002") == "mcn-email-1002"
+
+
+def test_a_state_file_overwritten_in_place_is_noticed_and_left_intact(tmp_path: Path) -> None:
+    from mcnotify.state.store import StateFileLost, StateStore
+
+    other = StateStore(tmp_path / "other" / "state.db")
+    with other.transaction():
+        other.set_meta("source.watermark", 1039)
+    other.close()
+    path = tmp_path / "state" / "state.db"
+    store = StateStore(path)
+    store.lock()
+    with store.transaction():
+        for n in range(300):  # enough to leave pages in the WAL
+            store.set_meta(f"k{n}", "x" * 200)
+    with path.open("r+b") as target:  # cp over it: same inode, other bytes
+        target.write((tmp_path / "other" / "state.db").read_bytes())
+        target.truncate()
+    with pytest.raises(StateFileLost, match="was overwritten with other content"), store.transaction():
+        store.set_meta("source.watermark", 5)
+    store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'source.watermark'").fetchone()[0] == "1039"
+    conn.close()
+
+
+@pytest.mark.sandbox(import_lag=1.0)
+def test_a_lost_import_start_never_adopts_a_run_that_began_before_the_upload(env: Env, app_db: Any) -> None:
+    app_db([row(i, f"m-{i}", f"member{i}@example.com") for i in range(1, 6)])
+    env.write(**{"import": {"clock_skew": 0}})
+    foreign = env.sandbox.account.start_import("mcnotify-subscribers")  # another environment's run
+    assert foreign is not None
+    env.sandbox.account.inject("reset", times=1, path_prefix="/Service.asmx")  # our start never reaches MC
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert foreign.id not in result.output and import_runs(env) == 2
+    assert message_keys(env) == Counter({f"mcn-email-{i}": 1 for i in range(1, 6)})

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -140,10 +141,12 @@ class StateStore:
             # replaced under a running process stops it instead of filling an unlinked inode (or a new file
             # that starts again from watermark 0). A preview writes nothing, so it needs no check.
             self._identity = None if self.read_only else self._file_identity()
+            self._held_fds: list[int] = []  # fds of the state file, closed only after the connection
+            self._mark: bytes | None = None if self.read_only else self._content_mark()
         except (sqlite3.Error, OSError) as exc:
             raise McnotifyError(f"cannot open state file {path}: {exc}") from None
         self._lock_fd: int | None = None
-        self._held_fds: list[int] = []  # fds of the state file, closed only after the connection
+        self.lost = False  # the file was deleted, emptied or replaced under this process: write nothing more
 
     @staticmethod
     def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
@@ -185,6 +188,11 @@ class StateStore:
     # -- plumbing -----------------------------------------------------------------------------------------
     def close(self) -> None:
         self.unlock()
+        if self.lost and getattr(self, "_lost_in_place", False):
+            # Someone else's bytes now sit in our inode: closing would checkpoint our WAL into them and corrupt
+            # them. An empty WAL gives SQLite nothing to copy (what it held belonged to the lost state anyway).
+            with contextlib.suppress(OSError):
+                os.truncate(f"{self.path}-wal", 0)
         self.conn.close()
         self._close_lock_fds()  # only now: closing a fd of the state file drops SQLite's locks on it
         if self._scratch is not None:
@@ -600,6 +608,20 @@ class StateStore:
         st = os.stat(self.path)
         return st.st_dev, st.st_ino
 
+    def _content_mark(self) -> bytes | None:
+        """A random application_id in the SQLite header marks this state's content, so a file copied over it in
+        place (`cp`, `rsync --inplace`: same inode) is noticed too. Read through an fd opened once and kept
+        (closing an fd of the file would drop SQLite's locks on it). None when the header on disk does not
+        carry the mark yet (a checkpoint was busy): the next process checks."""
+        if self.conn.execute("PRAGMA application_id").fetchone()[0] == 0:
+            self.conn.execute(f"PRAGMA application_id = {secrets.randbits(31) | 1}")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the header reaches the file itself
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._held_fds.append(fd)
+        self._mark_fd = fd
+        expected = self.conn.execute("PRAGMA application_id").fetchone()[0].to_bytes(4, "big")
+        return expected if os.pread(fd, 4, 68) == expected else None
+
     def check_identity(self) -> None:
         """Stop when the state file is no longer the one this process opened."""
         if self._identity is None:
@@ -613,8 +635,12 @@ class StateStore:
                 problem = "was replaced"
             elif st.st_size == 0:
                 problem = "was emptied"
+            elif self._mark is not None and os.pread(self._mark_fd, 4, 68) != self._mark:
+                problem = "was overwritten with other content"
             else:
                 return
+        self.lost = True
+        self._lost_in_place = problem in ("was emptied", "was overwritten with other content")
         raise StateFileLost(
             f"state file {self.path} {problem} while mcnotify was running; stopped without recording more"
             " (a new state file sends nothing older than source.max_age)"

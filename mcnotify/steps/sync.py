@@ -41,7 +41,7 @@ CSV_HEADER = ("SubscriberKey", "EmailAddress")
 MAX_SUBSCRIBER_KEY = 254
 CHUNK = 2000
 Chunk = tuple[list[NewNotification], Any, int]  # classified rows, highest cursor, rows read
-_PLAIN_ID = re.compile(r"^[0-9]{1,60}$")
+_PLAIN_ID = re.compile(r"[0-9]{1,60}")  # fullmatch: `$` would also accept a trailing newline
 
 
 @dataclass
@@ -67,7 +67,7 @@ def message_key(prefix: str, channel: str, notification_id: str) -> str:
     Plain `{prefix}-{channel}-{id}` for a numeric id while that fits; otherwise the id's hash, which fits for
     every prefix config validation accepts (mcnotify.message_keys.MAX_PREFIX). 'h' keeps the two forms apart."""
     check_prefix(prefix)  # a key MC would refuse is never built, even if a caller skipped config validation
-    if _PLAIN_ID.match(notification_id):
+    if _PLAIN_ID.fullmatch(notification_id):
         key = f"{prefix}-{channel}-{notification_id}"
         if len(key) <= MAX_MESSAGE_KEY:
             return key
@@ -130,10 +130,11 @@ class CursorOrder:
         self.column = column
         self.kind = kind
         self.previous: Any = None  # the last orderable cursor of this page (as cursor_value gives it)
+        self.previous_id: Any = None  # and its row's notification_id
         self.last: Any = None  # the same, as the source returned it: the next page continues from it
 
     def new_page(self) -> None:
-        self.previous = None
+        self.previous = self.previous_id = None
 
     def check(self, row: dict[str, Any]) -> None:
         raw = row[self.column]
@@ -144,17 +145,25 @@ class CursorOrder:
             row[CURSOR_PROBLEM] = f"cursor {self.column} {what}: it cannot be ordered with the others"
             return
         self.kind = kind
-        previous = self.previous
-        # Text is compared case-blind: a database collation may order 'a' before 'B'.
-        if previous is not None and (
-            value < previous if kind == "number" else str(value).casefold() < str(previous).casefold()
-        ):
+        previous, previous_id = self.previous, self.previous_id
+        nid = row.get("notification_id")
+        if previous is not None and value == previous and nid != previous_id:
+            # Two rows share a cursor: `> after` skips the second when a page ends between them.
+            raise ConfigError(
+                f"[source] cursor_column {self.column} is not unique: {_shown(value)} is the cursor of two rows;"
+                " rows sharing a cursor across pages would be lost, so sync stopped and the watermark stays where"
+                " it was (use a unique, increasing column such as the id)"
+            )
+        # Numbers and dates compare the same here as in the database. Plain text does not (a collation may put
+        # 'é' before 'f', or '_' before 'a'), so for text the order is the database's word.
+        orderable = kind == "number" or isinstance(raw, datetime.date | datetime.time)
+        if previous is not None and orderable and value < previous:
             raise ConfigError(
                 f"[source] query is not ordered by {self.column} ascending: it returned {_shown(value)} after "
                 f"{_shown(previous)} (ORDER BY ... DESC?); rows would be lost, so sync stopped and the watermark"
                 " stays where it was"
             )
-        self.previous, self.last = value, raw
+        self.previous, self.previous_id, self.last = value, nid, raw
 
 
 def event_time(value: Any) -> float | None:
@@ -355,6 +364,12 @@ def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any] | None])
         if row["notification_id"] is not None:
             classify = classify or Classifier(settings)
             chunk.append(classify(row))
+        else:  # nothing to record it under: say so rather than drop it silently
+            logging.getLogger("mcnotify").warning(
+                "sync: a source row with %s %s has no notification_id; it cannot be recorded and is skipped",
+                cursor_column,
+                _shown(row.get(cursor_column)),
+            )
         if count >= CHUNK:
             yield chunk, top, count
             chunk, top, count = [], None, 0
@@ -517,9 +532,8 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
 
 
 # A start whose reply was lost: how long MC may take to list the run before we conclude it never started
-# (in polls of import.poll_interval), and how far MC's clock may be behind ours.
+# (in polls of import.poll_interval), and how many times to start it.
 START_SETTLE_POLLS = 20
-CLOCK_SKEW = 120.0
 START_ATTEMPTS = 3
 
 
@@ -570,9 +584,10 @@ def _start_once(ctx: Context, batch_id: int, key: str) -> str:
 
 
 def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
-    """The task of the import run the batch's lost start began, if MC lists one: the newest run of the
-    definition that started after the upload and that no batch has recorded. Asks again until MC has had
-    START_SETTLE_POLLS polls' time since the attempt to list it (its summary lags the start)."""
+    """The task of the import run the batch's lost start began, if MC lists one: the first run of the
+    definition that started after the upload and that no batch has recorded (any such run reads the file this
+    batch uploaded; one that started before it read an older file, and is someone else's). Asks again until MC
+    has had START_SETTLE_POLLS polls' time since the attempt to list it (its summary lags the start)."""
     from mcnotify.mc import soap
 
     store = ctx.store
@@ -580,7 +595,8 @@ def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
     assert batch is not None
     poll = float(ctx.settings.section("import")["poll_interval"])
     attempted = store.import_start_attempt(batch_id) or time.time()
-    since = (batch.uploaded_at or attempted) - CLOCK_SKEW
+    # MC's clock against ours: `import.clock_skew` (UNCONFIRMED how far apart they are; NTP keeps both close).
+    since = (batch.uploaded_at or attempted) - float(ctx.settings.section("import")["clock_skew"])
     known = store.import_task_ids()
     while True:
         runs = [
@@ -589,7 +605,7 @@ def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
             if r.task_id not in known and r.started_at is not None and r.started_at >= since
         ]
         if runs:
-            run = max(runs, key=lambda r: r.started_at or 0.0)
+            run = min(runs, key=lambda r: r.started_at or 0.0)
             ctx.progress(f"sync: MC lists import {key!r} as started for batch {batch_id}: task {run.task_id}")
             return run.task_id
         if time.time() >= attempted + START_SETTLE_POLLS * poll:
