@@ -4,6 +4,7 @@ an email that changed between batches, and dry runs that cannot write."""
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sqlite3
 import subprocess
@@ -210,3 +211,53 @@ def test_ctrl_c_during_triggered_sends_loses_nothing(env: Env, app_db: Any) -> N
     assert run_cli(env.config, "run-all").exit_code == 0
     assert statuses(env) == {"sent": 450}
     assert set(per_contact(env).values()) == {1} and sum(per_contact(env).values()) == 300
+
+
+def test_credentials_refused_mid_triggered_send_leave_every_row_pending(env: Env, app_db: Any) -> None:
+    triggered(env)
+    app_db(event_rows(1, people(10)))
+    assert run_cli(env.config, "sync").exit_code == 0
+    assert run_cli(env.config, "wait-import").exit_code == 0
+    secret = env.values["marketing_cloud"]["client_secret"]
+    env.write(marketing_cloud={"client_secret": "a-wrong-secret-123"})
+    refused = run_cli(env.config, "send-email")
+    assert refused.exit_code == 78, refused.output
+    assert "refused the client credentials" in refused.output
+    assert statuses(env)["unknown"] == 0 and statuses(env)["pending"] == 30
+    env.write(marketing_cloud={"client_secret": secret})
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert statuses(env) == {"sent": 30}
+    assert set(per_contact(env).values()) == {1} and sum(per_contact(env).values()) == 20
+
+
+def test_a_second_name_for_the_state_file_is_refused(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(2)))
+    assert run_cli(env.config, "sync").exit_code == 0
+    other = env.tmp / "other" / "state.db"
+    other.parent.mkdir()
+    os.link(env.state_path, other)
+    for state in (env.state_path, other):
+        env.write(state={"path": str(state)})
+        result = run_cli(env.config, "run-all")
+        assert result.exit_code == 78, result.output
+        assert "hard links" in result.output
+    assert env.accepted() == []
+
+
+def test_retry_sends_an_older_batchs_email_to_the_newest_address(env: Env, app_db: Any) -> None:
+    triggered(env)
+    broken = {**TEMPLATES, "envelope-received": {**TEMPLATES["envelope-received"], "definition_key": "typo"}}
+    env.values["templates"] = broken
+    env.write()
+    app_db([(1, "envelope-received", "m-1", "old@example.com", "0912345678", "Luffy", "Nami", 8)])
+    assert run_cli(env.config, "run-all").exit_code != 75
+    assert statuses(env) == {"failed": 1}
+    env.values["templates"] = dict(TEMPLATES)
+    env.write()
+    app_db([(2, "envelope-received", "m-1", "new@example.com", "0912345678", "Zoro", "Nami", 9)])
+    assert run_cli(env.config, "run-all").exit_code == 0
+    retried = run_cli(env.config, "retry", "--batch", "1")
+    assert retried.exit_code == 0 and "newest address" in retried.output, retried.output
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert statuses(env) == {"sent": 2}
+    assert per_contact(env) == {("red-envelope-received", "m-1", "new@example.com"): 2}

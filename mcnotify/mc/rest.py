@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from mcnotify.errors import McApiError
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
-from mcnotify.mc.client import McClient
+from mcnotify.mc.client import McClient, Reply
 from mcnotify.message_keys import key_problem
 
 KEY_REFUSED = "mcnotify-message-key"  # error code recorded for a messageKey MC would refuse
@@ -111,16 +111,21 @@ def triggered_send_body(recipient: Recipient, from_name: str | None, from_addres
     return body
 
 
-def send_triggered(
+def post_triggered(
     client: McClient,
     definition_key: str,
     recipient: Recipient,
     from_name: str | None,
     from_address: str | None,
-) -> Verdict:
-    """One recipient per call. Not idempotent: the client will not blindly retry it."""
+) -> Reply:
+    """One recipient per call. Not idempotent: the client never repeats it once it may have reached MC. Any
+    McnotifyError from here means MC did not act on it; OutcomeUnknown means it may have."""
     path = f"messaging/v1/messageDefinitionSends/key:{quote(definition_key, safe='')}/send"
-    reply = client.call("POST", path, json=triggered_send_body(recipient, from_name, from_address), idempotent=False)
+    return client.call("POST", path, json=triggered_send_body(recipient, from_name, from_address), idempotent=False)
+
+
+def triggered_verdict(reply: Reply) -> Verdict:
+    """MC's answer to one triggered send: a 202 is not success, `hasErrors` decides."""
     body = reply.body
     if not isinstance(body, dict):
         raise McApiError(f"MC answered HTTP {reply.status} with no JSON body to the triggered send", reply.status)
@@ -136,3 +141,14 @@ def send_triggered(
         return Verdict(False, _code(errors[0].get("messageErrorCode")), errors[0].get("messageErrorStatus"))
     messages = item.get("messages") or ["hasErrors"]
     return Verdict(False, None, "; ".join(str(m) for m in messages))
+
+
+def send_triggered(
+    client: McClient,
+    definition_key: str,
+    recipient: Recipient,
+    from_name: str | None,
+    from_address: str | None,
+) -> Verdict:
+    """post_triggered, then its verdict."""
+    return triggered_verdict(post_triggered(client, definition_key, recipient, from_name, from_address))

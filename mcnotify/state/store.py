@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mcnotify.errors import LockHeld, McnotifyError
+from mcnotify.errors import ConfigError, LockHeld, McnotifyError
 from mcnotify.state.schema import MIGRATIONS
 
 # Delivery states. 'sending' is written before a request whose outcome a crash could hide.
@@ -128,6 +128,13 @@ class StateStore:
 
                 # Private (0600 in a 0700 folder) before SQLite opens it: it holds contacts and a token.
                 create_private(path)
+                if (links := os.stat(path).st_nlink) > 1:
+                    # SQLite names its WAL after the path: another name of this inode would miss the commits in
+                    # this name's WAL and resend them (and damage the file). One state, one name.
+                    raise ConfigError(
+                        f"state file {path} has {links} hard links; SQLite's WAL follows the name, so each name"
+                        " would see a different state: remove the other links"
+                    )
                 self.conn = self._connect(str(path))
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -444,6 +451,31 @@ class StateStore:
                 (batch_id, channel),
             )
         ]
+
+    def readdress_to_newest(self, batch_id: int) -> int:
+        """Pending emails of this batch go to their subscriber's newest address, when a later batch holds a newer
+        one (MC keeps one email per key; the newest import wins). A row whose newest address is still on its
+        way to MC (a later batch not yet imported) moves into that batch, to be sent after its import."""
+        newest = (
+            "SELECT newer.{col} FROM notifications AS newer WHERE newer.subscriber_key = notifications.subscriber_key"
+            " AND newer.channel = 'email' AND newer.status NOT IN ('invalid', 'expired')"
+            " AND newer.batch_id > notifications.batch_id ORDER BY newer.seq DESC LIMIT 1"
+        )
+        mine = "batch_id = ? AND channel = 'email' AND status = 'pending'"
+        cur = self.conn.execute(
+            f"UPDATE notifications SET address = ({newest.format(col='address')}), updated_at = ?"
+            f" WHERE {mine} AND EXISTS ({newest.format(col='address')})"
+            f" AND address != ({newest.format(col='address')})",
+            (time.time(), batch_id),
+        )
+        changed = max(cur.rowcount, 0)
+        self.conn.execute(
+            f"UPDATE notifications SET batch_id = ({newest.format(col='batch_id')})"
+            f" WHERE {mine} AND ({newest.format(col='batch_id')}) IN"
+            " (SELECT id FROM batches WHERE status IN ('claiming', 'claimed', 'uploaded', 'importing'))",
+            (batch_id,),
+        )
+        return changed
 
     def open_by_template(self, batch_id: int | None = None) -> dict[tuple[str, str], int]:
         """{(template, channel): n} of notifications still to send, in one batch or all."""

@@ -32,6 +32,8 @@ def retry(ctx: Context, batch_id: int, channel: str | None = None) -> RepairRepo
         )
         changed = cur.rowcount
         note = f"{changed} failed notification(s) back to pending"
+        if readdressed := store.readdress_to_newest(batch_id):
+            note += f"; {readdressed} email(s) now go to the subscriber's newest address"
         if batch.import_status == "Error" and "email" in channels:
             store.update_batch(batch_id, status="claimed", import_status=None, import_task_id=None)
             note += "; the failed import will be uploaded and started again by the next sync"

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcnotify.errors import AuthExpired, DryRunRefused, ServiceUnavailable, Stopped
+from mcnotify import stop
+from mcnotify.errors import McnotifyError
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
@@ -189,11 +190,6 @@ def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel
     _run_pool(ctx, report, jobs, *_flow(ctx, channel))
 
 
-# The client raises these only for a request MC never acted on (not reached, refused, or cut by a stop before it
-# left): the row may be sent again.
-_NOT_SENT = (ServiceUnavailable, AuthExpired, Stopped, DryRunRefused)
-
-
 def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
     """One request per notification, and no key to make a repeat harmless. So each row is marked 'sending' just
     before its own request is handed to the pool, and whatever way this ends (done, an error, a stop), rows whose
@@ -225,16 +221,22 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
             key = ctx.settings.templates[n.template].definition_key
             recipient = _recipient(ctx, n)
             if ctx.stopping:
-                raise Stopped("stopped before the request was sent")
+                raise stop.stopped("before the request was sent")
             left.add(n.seq)
             try:
-                verdict = rest.send_triggered(client, key, recipient, n.from_name, section["from_address"])
+                reply = rest.post_triggered(client, key, recipient, n.from_name, section["from_address"])
             except OutcomeUnknown as exc:
                 return [Outcome(n.seq, UNKNOWN, None, f"reply lost ({exc}); not resent to avoid a duplicate")]
-            except _NOT_SENT:
+            except McnotifyError:
+                # The client's word: MC did not act on it (never reached, refused, a token it could not get).
                 unsent.add(n.seq)
                 raise
-            except Exception as exc:  # after the request left: MC may have acted on it
+            except Exception as exc:  # not the client's own: it may have gone out
+                reason = f"request failed ({type(exc).__name__}: {exc}); not resent to avoid a duplicate"
+                return [Outcome(n.seq, UNKNOWN, None, reason)]
+            try:
+                verdict = rest.triggered_verdict(reply)
+            except Exception as exc:  # MC answered, but not usably: it may have queued the send
                 reason = f"no usable reply ({type(exc).__name__}: {exc}); not resent to avoid a duplicate"
                 return [Outcome(n.seq, UNKNOWN, None, reason)]
             return [_outcome(n, verdict)]

@@ -44,7 +44,13 @@ def classified(ctx: Context, after: Any, limit: int, kind: str | None = None) ->
     cursor's kind established so far (numbers or text), so the child quarantines the same rows."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # works from a zipapp too
     worker = subprocess.Popen(
-        [sys.executable, "-m", "mcnotify.steps.sync_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        [sys.executable, "-m", "mcnotify.steps.sync_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        # Out of the terminal's process group: a Ctrl-C is this process's to handle (it stops the child), and
+        # the child would otherwise print a KeyboardInterrupt traceback from its imports.
+        start_new_session=True,
     )
     assert worker.stdin is not None and worker.stdout is not None
     # A thread drains the pipe as fast as the child fills it, so the child never waits for the parent's
