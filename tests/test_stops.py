@@ -3,7 +3,6 @@ seconds whatever it is waiting for, with the work in flight recorded (issue 9, i
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
