@@ -37,7 +37,7 @@ def kill_in_phase(proc: subprocess.Popen[bytes], state: Path, wanted: str, timeo
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         try:
-            if phase(state).split("+")[0] == wanted:
+            if (wanted == "start" and state.exists()) or phase(state).split("+")[0] == wanted:
                 break
         except sqlite3.Error:
             pass  # mid-creation
@@ -68,9 +68,10 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates(env: Env, app_db: A
         # Kill moments spread over the whole run (about 3 s), two kills per trial.
         for kill_at in (0.3 + trial * 0.3 + rng.random() * 0.2, 0.2 + rng.random() * 1.5):
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if trial < 2 and not phases[trial * 2 :]:
-                # The first kill of the first two trials is aimed: while MC imports, and while sending.
-                kill_in_phase(proc, state, "importing" if trial == 0 else "imported")
+            if trial < 3 and not phases[trial * 2 :]:
+                # The first kill of the first three trials is aimed: while MC imports, while sending, and as
+                # soon as the state file exists (setting up or claiming).
+                kill_in_phase(proc, state, ("importing", "imported", "start")[trial])
             else:
                 time.sleep(kill_at)
                 if proc.poll() is None:
