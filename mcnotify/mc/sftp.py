@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import posixpath
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,10 @@ import paramiko
 
 from mcnotify import stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
+
+# paramiko's transport thread logs a traceback for every connection that fails or that a stop request cuts
+# short; each of those reaches the operator as one line from here instead ("never a traceback").
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 def fingerprint(key: paramiko.PKey) -> str:
