@@ -186,6 +186,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key(int, 500, check=_between(1, 2000)),
         "concurrency": Key(int, 5, check=_between(1, 64)),
         "rate_limit": Key(float, 0.0, check=_between(0, 1_000_000)),
+        # MC's transactional SMS does not use the email subscriber, so SMS need not wait for the import.
+        "wait_for_import": Key(bool, False),
     },
 }
 

@@ -69,19 +69,32 @@ def test_second_run_sends_nothing_and_new_rows_go_out_next_run(env: Env, app_db:
     assert len(accepted) == 24 and max(keys(accepted).values()) == 1
 
 
-def test_send_waits_for_the_import(env: Env, app_db: Any) -> None:
+def test_email_waits_for_the_import_and_sms_does_not(env: Env, app_db: Any) -> None:
     env.sandbox.settings.import_lag = 2.0
     app_db(event_rows(1, people(3)))
     assert run_cli(env.config, "sync").exit_code == 0
     early = run_cli(env.config, "send-email")
     assert early.exit_code == 0 and "not imported yet" in early.output
     assert run_cli(env.config, "send-sms").exit_code == 0
-    assert env.accepted() == []
+    assert [m["channel"] for m in env.accepted()] == ["sms"] * 3  # SMS need no subscriber import
     pending = run_cli(env.config, "wait-import", "--no-wait")
     assert pending.exit_code == 75, pending.output
     assert run_cli(env.config, "wait-import").exit_code == 0
     assert run_cli(env.config, "send-email").exit_code == 0
-    assert len(env.accepted()) == 6
+    assert len(env.accepted()) == 9
+    assert statuses(env) == {"sent": 9}
+
+
+def test_sms_wait_for_the_import_when_told_to(env: Env, app_db: Any) -> None:
+    env.sandbox.settings.import_lag = 2.0
+    env.write(sms={"wait_for_import": True})
+    app_db(event_rows(1, people(3)))
+    assert run_cli(env.config, "sync").exit_code == 0
+    held = run_cli(env.config, "send-sms")
+    assert held.exit_code == 0 and "not imported yet" in held.output
+    assert env.accepted() == []
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert len(env.accepted()) == 9
 
 
 def test_token_expiry_mid_run_refreshes_once(env: Env, app_db: Any) -> None:
@@ -341,8 +354,7 @@ def test_large_sync_read_by_a_second_process_gives_the_same_result(env: Env, app
     env.write(source={"parallel_after": 700, "batch_limit": 4000})
     first = run_cli(env.config, "run-all")
     assert first.exit_code == 0, first.output
-    assert statuses(env) == {"sent": 3999, "invalid": 1}
-    assert run_cli(env.config, "run-all").exit_code == 0  # the 500 left over beyond batch_limit
+    assert "claimed a full batch (4000 rows)" in first.output  # and went again for the 500 beyond it
     assert statuses(env) == {"sent": 4499, "invalid": 1}
     accepted = env.accepted()
     assert len(accepted) == 4499 and max(keys(accepted).values()) == 1
@@ -365,3 +377,16 @@ def test_batch_with_no_email_to_upload_skips_the_import_and_still_sends_sms(env:
     assert statuses(env) == {"sent": 1, "invalid": 1}
     steps = run_cli(env.config, "show", "1", "--json").output
     assert '"skipped"' in steps
+
+
+def test_a_backlog_larger_than_batch_limit_drains_in_one_run(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(30)))  # 90 notifications
+    env.write(source={"batch_limit": 20})
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    accepted = env.accepted()
+    assert len(accepted) == 90 and max(keys(accepted).values()) == 1
+    with sqlite3.connect(env.state_path) as conn:
+        sizes = [r[0] for r in conn.execute("SELECT rows FROM batches ORDER BY id")]
+    assert max(sizes) <= 20 and sum(sizes) == 90
+    assert statuses(env) == {"sent": 90}

@@ -20,19 +20,33 @@ class RunAllReport:
 def _chain(ctx: Context, report: RunAllReport, dry_run: bool, wait: bool) -> sync.SyncReport:
     synced = sync.run(ctx, dry_run=dry_run)
     report.syncs.append(synced)
+    sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
+    if not sms_waits:  # SMS need no subscriber import: they go before the wait, not after it
+        ctx.check_stop()
+        report.sends.append(send.run(ctx, "sms", dry_run=dry_run))
     ctx.check_stop()
     report.waits.append(wait_import.run(ctx, dry_run=dry_run, wait=wait))
-    for channel in ("email", "sms"):
+    for channel in ("email", "sms") if sms_waits else ("email",):
         ctx.check_stop()
         report.sends.append(send.run(ctx, channel, dry_run=dry_run))
     return synced
 
 
 def run(ctx: Context, dry_run: bool = False, wait: bool = True) -> RunAllReport:
+    """The chain, again and again until the source has nothing new: a backlog larger than batch_limit drains in
+    one run (each claim stays within batch_limit)."""
     report = RunAllReport()
-    first = _chain(ctx, report, dry_run, wait)
-    if first.blocked and not dry_run:
-        # An earlier batch's import held up sync; it has now been waited for and sent, so go again.
-        ctx.progress("run-all: previous batch finished; syncing new rows")
-        _chain(ctx, report, dry_run, wait)
-    return report
+    limit = int(ctx.settings.section("source")["batch_limit"])
+    blocked_before = False
+    while True:
+        synced = _chain(ctx, report, dry_run, wait)
+        if dry_run:
+            return report
+        if synced.blocked and not blocked_before:
+            # An earlier batch's import held up sync; it has now been waited for and sent, so go again.
+            ctx.progress("run-all: previous batch finished; syncing new rows")
+        elif synced.new_rows >= limit:
+            ctx.progress(f"run-all: claimed a full batch ({limit} rows); the source may hold more, going again")
+        else:
+            return report
+        blocked_before = synced.blocked

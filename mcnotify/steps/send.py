@@ -45,7 +45,13 @@ class SendReport:
     held: dict[str, int] = field(default_factory=dict)  # template the config no longer has -> rows kept pending
 
 
-def _ready(batch: Batch, channel: str) -> bool:
+# Batches whose claim is complete (conflicts resolved): SMS may go from here on, unless told to wait.
+CLAIMED = ("claimed", "uploaded", "importing", "imported")
+
+
+def _ready(ctx: Context, batch: Batch, channel: str) -> bool:
+    if channel == "sms" and not ctx.settings.section("sms")["wait_for_import"]:
+        return batch.status in CLAIMED
     if batch.status != "imported":
         return False
     return channel == "sms" or batch.import_status in EMAIL_READY or batch.import_status == "Error"
@@ -276,7 +282,8 @@ def _sample(ctx: Context, n: Notification) -> dict[str, Any]:
 def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
     store, report = ctx.store, SendReport(channel)
     step = f"send-{channel}"
-    waiting = [b.id for b in store.batches("claiming", "claimed", "uploaded", "importing")]
+    unfinished = store.batches("claiming", "claimed", "uploaded", "importing")
+    waiting = [b.id for b in unfinished if not _ready(ctx, b, channel)]
     report.waiting = waiting
     report.held = held(ctx, channel)
     if report.held:
@@ -286,8 +293,8 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             step,
             shown,
         )
-    for batch in store.batches("imported"):
-        if not _ready(batch, channel):
+    for batch in store.batches(*CLAIMED):
+        if not _ready(ctx, batch, channel):
             continue
         pending = store.open_work(batch.id, channel) - sum(
             n for t, n in store.open_by_template(batch.id).items() if t[1] == channel and not _configured(ctx, *t)
@@ -326,7 +333,7 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             with store.transaction():
                 store.step_finished(batch.id, step, "done", summary)
             ctx.progress(f"{step}: batch {batch.id}: {summary}")  # the log's last word on the batch
-        if store.open_work(batch.id) == 0:
+        if batch.status == "imported" and store.open_work(batch.id) == 0:
             with store.transaction():
                 store.update_batch(batch.id, status="done")
     if not report.batches and not report.note:
