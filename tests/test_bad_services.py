@@ -58,7 +58,8 @@ def test_mc_down_for_minutes_then_back(env: Env, app_db: Any) -> None:
     result = run_cli(env.config, "run-all")
     assert result.exit_code == 69 and "503" in one_line(result.output)
     env.sandbox.account.faults.clear()
-    env.sandbox.account.inject("truncated", times=3, path_prefix="/messaging")
+    # Fewer faults than max_attempts (5): whichever call meets them all (the SMS go first) still gets through.
+    env.sandbox.account.inject("truncated", times=2, path_prefix="/messaging")
     env.sandbox.account.inject("html", times=2, path_prefix="/messaging")
     assert run_cli(env.config, "run-all").exit_code == 0
     delivered_once(env, 15)

@@ -390,3 +390,19 @@ def test_a_backlog_larger_than_batch_limit_drains_in_one_run(env: Env, app_db: A
         sizes = [r[0] for r in conn.execute("SELECT rows FROM batches ORDER BY id")]
     assert max(sizes) <= 20 and sum(sizes) == 90
     assert statuses(env) == {"sent": 90}
+
+
+def test_rows_are_claimed_and_their_sms_sent_while_an_import_is_in_flight(env: Env, app_db: Any) -> None:
+    env.sandbox.settings.import_lag = 3.0
+    app_db(event_rows(1, people(2)))
+    assert run_cli(env.config, "sync").exit_code == 0  # batch 1's import runs for 3 s
+    app_db(event_rows(100, people(3, offset=10)))
+    during = run_cli(env.config, "sync")
+    assert during.exit_code == 0 and "an import is in flight; 9 new notification(s) claimed" in during.output
+    assert run_cli(env.config, "send-sms").exit_code == 0
+    assert sorted(m["channel"] for m in env.accepted()) == ["sms"] * 5  # both batches' SMS, before any import
+    assert list(env.import_dir.glob("*.csv")) == [env.import_dir / "mcnotify-subscribers.csv"]
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 0, result.output
+    assert statuses(env) == {"sent": 15} and len(env.accepted()) == 15
+    assert len(env.sandbox.account.tasks) == 2  # one import per upload, never two at once

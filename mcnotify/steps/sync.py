@@ -27,6 +27,7 @@ from mcnotify.message_keys import MAX_LENGTH as MAX_MESSAGE_KEY
 from mcnotify.message_keys import check_prefix
 from mcnotify.redact import mask_contact
 from mcnotify.source import CREATED_AT, NOT_TEXT, REQUIRED_COLUMNS, Source, open_source
+from mcnotify.state import Batch
 from mcnotify.state.store import INVALID, PENDING, NewNotification
 from mcnotify.steps import Context
 
@@ -614,16 +615,26 @@ def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
         ctx.check_stop()
 
 
+def _claim_while_importing(ctx: Context, unfinished: list[Batch], report: SyncReport) -> SyncReport:
+    """An import is in flight. The Import file has one name, so nothing is uploaded while MC may still read it;
+    new rows are still claimed (their SMS can go now), into the one open batch the next upload will carry."""
+    report.blocked = True
+    open_batch = next((b for b in reversed(unfinished) if b.status in ("claiming", "claimed")), None)
+    batch_id = _claim(ctx, open_batch.id if open_batch else None, report)
+    if batch_id is not None and (report.new_rows or (open_batch and open_batch.status == "claiming")):
+        report.batch_id = batch_id
+        report.conflicts = _resolve_conflicts(ctx, batch_id)  # (status claimed: its SMS may go)
+    report.note = f"an import is in flight; {report.new_rows} new notification(s) claimed, their upload waits for it"
+    return report
+
+
 def run(ctx: Context, dry_run: bool = False) -> SyncReport:
     if dry_run:
         return preview(ctx)
     store, report = ctx.store, SyncReport()
     unfinished = store.batches("claiming", "claimed", "uploaded")
-    if not unfinished and store.batches("importing"):
-        # The Import file has one name: a new upload would replace the one MC has not read yet.
-        report.blocked = True
-        report.note = "a previous import is still pending; new rows wait for the next run"
-        return report
+    if store.batches("importing") and not any(b.status == "uploaded" for b in unfinished):
+        return _claim_while_importing(ctx, unfinished, report)
     batch = unfinished[0] if unfinished else None
     batch_id = batch.id if batch else None
     if batch is None or batch.status == "claiming":
