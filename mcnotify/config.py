@@ -136,6 +136,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fetch_size": Key(int, 5000, check=_between(1, 1_000_000)),
         "parallel_after": Key(int, 20_000, check=_between(0, 100_000_000)),
         "connect_timeout": Key(float, 10.0, check=_between(0.1, 600)),
+        "poll_interval": Key(float, 1.0, check=_between(0.05, 3600)),  # run-all --follow: seconds between reads
         # Hours: a row whose created_at is older is recorded `expired`, never sent (0: off).
         "max_age": Key(float, 48.0, check=_between(0, 100_000)),
     },
@@ -202,6 +203,7 @@ SCHEMA["alerts"] = {
     "smtp_from": Key(str, "mcnotify@localhost"),
     "smtp_to": Key(str),
     "on_recovery": Key(bool, False),
+    "after": Key(float, 300.0, check=_between(0, 86400)),  # run-all --follow: alert once a failure lasts this long
     "timeout": Key(float, 10.0, check=_between(0.1, 300)),
 }
 SCHEMA["metrics"] = {"textfile": Key(str)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +69,25 @@ UNKNOWN_WHY = (
 )
 
 
+def follower_view(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`run-all --follow` as `status` shows it: host, pid, since, last cycle, what it waits for, and whether its
+    process is alive (checkable on this host only; None elsewhere)."""
+    if not meta:
+        return None
+    alive: bool | None = None
+    if meta.get("stopped"):
+        alive = False
+    elif meta.get("host") == socket.gethostname():
+        try:
+            os.kill(int(meta["pid"]), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True  # it exists, as another user's process
+    return {**meta, "alive": alive}
+
+
 def status(store: StateStore, limit: int = 10, templates: Mapping[str, Template] | None = None) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for (_, status_name), n in store.counts().items():
@@ -85,6 +106,7 @@ def status(store: StateStore, limit: int = 10, templates: Mapping[str, Template]
         "watermark": store.get_meta("source.watermark"),
         "totals": totals,
         "unknown": {"count": sum(unknown.values()), "why": UNKNOWN_WHY if unknown else "", "reasons": unknown},
+        "follower": follower_view(store.get_meta("follower")),
         "held": held,
         "batches": batches,
         "recent_runs": [

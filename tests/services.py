@@ -52,6 +52,16 @@ class MariaDB:
     user: str = "mcnotify"
     password: str = "db-Pa55word-xyz"
     database: str = "app"
+    command: tuple[str, ...] = ()
+
+    def kill_server(self) -> None:
+        """Stop the server (what a restart or a crash looks like to a client); `start_server` brings it back."""
+        self.proc.terminate()
+        self.proc.wait(30)
+
+    def start_server(self) -> None:
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for(lambda: self.admin().close() is None, 60, "mariadbd restart", self.base / "err.log")
 
     @property
     def url(self) -> str:
@@ -100,25 +110,22 @@ def start_mariadb() -> MariaDB:
         capture_output=True,
     )
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            mariadbd,
-            "--no-defaults",
-            f"--datadir={datadir}",
-            f"--socket={sock}",
-            f"--port={port}",
-            "--bind-address=127.0.0.1",
-            "--skip-name-resolve",
-            f"--log-error={log}",
-            f"--pid-file={base}/d.pid",
-            "--innodb-buffer-pool-size=64M",
-            "--skip-log-bin",
-            *as_root,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    command = (
+        mariadbd,
+        "--no-defaults",
+        f"--datadir={datadir}",
+        f"--socket={sock}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        "--skip-name-resolve",
+        f"--log-error={log}",
+        f"--pid-file={base}/d.pid",
+        "--innodb-buffer-pool-size=64M",
+        "--skip-log-bin",
+        *as_root,
     )
-    db = MariaDB(proc, port, sock, base)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = MariaDB(proc, port, sock, base, command=command)
 
     def ready() -> bool:
         if proc.poll() is not None:

@@ -91,6 +91,14 @@ def _render_run_all(report: Any, dry_run: bool) -> None:
         _render_send(r, dry_run)
 
 
+def _render_follow(r: Any) -> None:
+    out.print(
+        f"follow: {r.cycles} cycles, {r.claimed} claimed; email {r.sent['email']} sent, {r.failed['email']} failed;"
+        f" sms {r.sent['sms']} sent, {r.failed['sms']} failed; {r.unknown} unknown; {r.outages} outage(s); {r.note}",
+        markup=False,
+    )
+
+
 def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -102,6 +110,13 @@ def _secs(value: float | None) -> str:
 def render_status(data: dict[str, Any]) -> None:
     totals = ", ".join(f"{k} {v}" for k, v in sorted(data["totals"].items())) or "nothing yet"
     out.print(f"state {data['state']} · watermark {data['watermark']} · notifications: {totals}", markup=False)
+    if f := data.get("follower"):
+        state = {True: "running", False: "not running", None: "on another host"}[f["alive"]]
+        out.print(
+            f"follower: {state} · {f['host']} pid {f['pid']} · since {_when(f['since'])} · last cycle "
+            f"{_when(f['last_cycle'])} · {f['cycles']} cycles · waiting for {f['waiting_for']}",
+            markup=False,
+        )
     if data.get("held"):
         shown = ", ".join(f"{t} ({n})" for t, n in sorted(data["held"].items()))
         out.print(f"held, kept pending until their template is back in the config: {shown}", markup=False)

@@ -24,9 +24,9 @@ from mcnotify.cli.base import (
     config_app,
     out,
 )
-from mcnotify.cli.render import _render_run_all, _render_send, _render_sync, _render_wait, render_status
+from mcnotify.cli.render import _render_follow, _render_run_all, _render_send, _render_sync, _render_wait, render_status
 from mcnotify.config import load
-from mcnotify.errors import EXIT_FAILURE
+from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
 
 
 @app.command()
@@ -63,8 +63,21 @@ def send_sms(dry_run: DryRun = False) -> None:
 
 
 @app.command("run-all")
-def run_all(dry_run: DryRun = False, no_wait: NoWait = False) -> None:
+def run_all(
+    dry_run: DryRun = False,
+    no_wait: NoWait = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep the chain moving until stopped (SIGTERM or Ctrl-C: exit 0).")
+    ] = False,
+) -> None:
     """The whole chain: sync, wait-import, send-email, send-sms. Resumes whatever an earlier run left."""
+    if follow:
+        from mcnotify.steps import follow as following
+
+        if dry_run or no_wait:
+            _fail("--follow cannot be combined with --dry-run or --no-wait", EXIT_USAGE)
+        _render_follow(_run("run-all", following.run, False))
+        return
     from mcnotify.steps import run_all as step
 
     _render_run_all(_run("run-all", lambda ctx: step.run(ctx, dry_run=dry_run, wait=not no_wait), dry_run), dry_run)

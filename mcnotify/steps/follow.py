@@ -1,0 +1,186 @@
+"""run-all --follow: one long-running process that keeps the chain moving until it is stopped.
+
+Each cycle runs the same stages as the one-shot commands: claim new rows (also while an import is in flight),
+send the SMS, upload the next subscriber file when no import is in flight, poll the running import every
+`import.poll_interval`, and send the emails its completion released. Between cycles it sleeps
+`source.poll_interval` on a stop-aware wait; a stop request (SIGTERM, Ctrl-C) lets the requests in flight finish
+and be recorded, and ends the run normally.
+
+A transient failure (MySQL gone away, MC or SFTP unreachable, a 5xx storm) never ends the follower: one log line
+with what it will do, a growing pause, and the next cycle carries on where the state says. A failure that lasts
+longer than `alerts.after` fires the alert hooks once, and a recovery message when it clears. Configuration
+errors and a lost state file still end it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcnotify import hooks
+from mcnotify.errors import ConfigError, ImportPending, McnotifyError, Stopped
+from mcnotify.state.store import StateFileLost
+from mcnotify.steps import Context, send, sync, wait_import
+
+FOLLOWER = "follower"  # meta key: who follows, since when, its last cycle, what it waits for
+MAX_BACKOFF = 60.0
+log = logging.getLogger("mcnotify")
+
+
+@dataclass
+class FollowReport:
+    cycles: int = 0
+    claimed: int = 0
+    sent: dict[str, int] = field(default_factory=lambda: {"email": 0, "sms": 0})
+    failed: dict[str, int] = field(default_factory=lambda: {"email": 0, "sms": 0})
+    unknown: int = 0
+    outages: int = 0
+    note: str = ""
+
+
+@dataclass
+class _Outage:
+    """A failure that has lasted since `since` (monotonic); alerted once it outlasts alerts.after."""
+
+    since: float
+    first_error: str
+    since_wall: float = field(default_factory=time.time)
+    alerted: bool = False
+
+
+class Follower:
+    def __init__(self, ctx: Context, clock: Any = time.monotonic) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.report = FollowReport()
+        source, imp = ctx.settings.section("source"), ctx.settings.section("import")
+        self.poll = float(source["poll_interval"])
+        self.batch_limit = int(source["batch_limit"])
+        self.import_poll = float(imp["poll_interval"])
+        self.alert_after = float(ctx.settings.section("alerts")["after"])
+        self.sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
+        self.started = time.time()
+        self.last_import_poll = -float("inf")
+        self.outage: _Outage | None = None
+        self.backoff = self.poll
+        self.waiting_for = "new rows"
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> FollowReport:
+        self.ctx.progress(
+            f"follow: watching the source every {self.poll:g} s (pid {os.getpid()}); SIGTERM or Ctrl-C stops"
+        )
+        self._heartbeat()
+        while not self.ctx.stopping:
+            try:
+                busy = self._cycle()
+            except Stopped:
+                break
+            except (ConfigError, StateFileLost):
+                raise
+            except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
+                self._failed(exc)
+                self._pause(self.backoff)
+                self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+                continue
+            self._recovered()
+            self.backoff = self.poll
+            self._heartbeat()
+            if not busy:
+                self._pause(self.poll)
+        self.report.note = f"stopped after {self.report.cycles} cycles; the next run resumes"
+        self._heartbeat(stopped=True)
+        return self.report
+
+    def _pause(self, seconds: float) -> None:
+        self.ctx.sleep(seconds)  # a stop request cuts it short
+
+    def _cycle(self) -> bool:
+        """One pass over the stages; True when there is more to do at once (a full claim)."""
+        ctx, report = self.ctx, self.report
+        report.cycles += 1
+        synced = sync.run(ctx)
+        report.claimed += synced.new_rows
+        if not self.sms_waits:
+            self._send("sms")
+        now = self.clock()
+        importing = ctx.store.batches("importing")
+        if importing and now - self.last_import_poll >= self.import_poll:
+            self.last_import_poll = now
+            with contextlib.suppress(ImportPending):  # still running: polled again next time
+                wait_import.run(ctx, wait=False)
+        importing = ctx.store.batches("importing")
+        self._send("email")
+        if self.sms_waits:
+            self._send("sms")
+        if importing:
+            task = importing[0].import_task_id or "?"
+            self.waiting_for = f"MC import of batch {importing[0].id} (task {task})"
+        else:
+            self.waiting_for = "new rows"
+        return synced.new_rows >= self.batch_limit
+
+    def _send(self, channel: str) -> None:
+        result = send.run(self.ctx, channel)
+        self.report.sent[channel] += result.sent
+        self.report.failed[channel] += result.failed
+        self.report.unknown += result.unknown
+
+    # -- failures -------------------------------------------------------------------------------------------
+    def _failed(self, exc: BaseException) -> None:
+        text = str(exc) if isinstance(exc, McnotifyError) else f"{type(exc).__name__}: {exc}"
+        now = self.clock()
+        if self.outage is None:
+            self.outage = _Outage(now, text)
+            self.report.outages += 1
+        self.waiting_for = f"recovery from: {text}"
+        log.warning("follow: %s; trying again in %.0f s (what piled up goes out when it is back)", text, self.backoff)
+        if not self.outage.alerted and now - self.outage.since >= self.alert_after:
+            self.outage.alerted = True
+            hooks.alert(
+                self.ctx.settings,
+                f"mcnotify follower on {socket.gethostname()} failing for {now - self.outage.since:.0f} s",
+                f"{text}\n(first: {self.outage.first_error}); it keeps retrying",
+            )
+        with contextlib.suppress(McnotifyError, sqlite3.Error):  # the state may be what failed
+            self._heartbeat()
+
+    def _recovered(self) -> None:
+        if self.outage is None:
+            return
+        lasted = self.clock() - self.outage.since
+        log.info("follow: recovered after %.0f s", lasted)
+        if self.outage.alerted:
+            hooks.alert(
+                self.ctx.settings,
+                f"mcnotify follower on {socket.gethostname()} recovered",
+                f"It works again after {lasted:.0f} s of: {self.outage.first_error}",
+            )
+        self.outage = None
+
+    # -- status ---------------------------------------------------------------------------------------------
+    def _heartbeat(self, stopped: bool = False) -> None:
+        with self.ctx.store.transaction():
+            self.ctx.store.set_meta(
+                FOLLOWER,
+                {
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": self.started,
+                    "last_cycle": time.time(),
+                    "cycles": self.report.cycles,
+                    "waiting_for": "stopped" if stopped else self.waiting_for,
+                    "failing_since": None if self.outage is None else self.outage.since_wall,
+                    "stopped": stopped,
+                },
+            )
+
+
+def run(ctx: Context) -> FollowReport:
+    return Follower(ctx).run()
