@@ -180,6 +180,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "from_name_attribute": Key(str, "SenderDisplayName"),
         "from_address": Key(str),
         "message_key_prefix": Key(str, "mcn", check=_check_key_prefix),
+        # new-contacts: an email whose subscriber MC already holds with that address goes at once; only new and
+        # changed contacts wait for their import. always: every email waits for its batch's import (as before
+        # 0.2). never: nothing waits (only for definitions with autoAddSubscriber/updateSubscriber on).
+        "wait_for_import": Key(str, "new-contacts", check=_one_of("new-contacts", "always", "never")),
     },
     "sms": {
         "api": Key(str, "transactional", check=_one_of("transactional")),

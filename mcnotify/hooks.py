@@ -11,6 +11,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -101,6 +102,9 @@ RUN_GAUGES = (  # (metric, column of StateStore.last_runs, help)
 )
 
 
+LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
 def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
@@ -117,7 +121,28 @@ def metrics_text(store: StateStore) -> str:
     ]
     for (channel, status), n in sorted(store.counts().items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         lines.append(f'mcnotify_messages{{channel="{channel or "none"}",result="{status}"}} {n}')
+    metric = "mcnotify_delivery_latency_seconds"
+    lines += [
+        f"# HELP {metric} From the event (the source's created_at) to MC accepting the message.",
+        f"# TYPE {metric} histogram",
+    ]
+    for channel, (buckets, count, total) in sorted(store.latency_histogram(LATENCY_BUCKETS).items()):
+        for bound, n in zip(LATENCY_BUCKETS, buckets, strict=True):
+            lines.append(f'{metric}_bucket{{channel="{channel}",le="{bound:g}"}} {n}')
+        lines.append(f'{metric}_bucket{{channel="{channel}",le="+Inf"}} {count}')
+        lines += [f'{metric}_sum{{channel="{channel}"}} {total:.3f}', f'{metric}_count{{channel="{channel}"}} {count}']
+    oldest = store.oldest_pending_event()
+    lines += [
+        "# HELP mcnotify_oldest_pending_age_seconds Age of the oldest notification still to send (0: none).",
+        "# TYPE mcnotify_oldest_pending_age_seconds gauge",
+        f"mcnotify_oldest_pending_age_seconds {0.0 if oldest is None else max(0.0, time.time() - oldest):.3f}",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def write_metrics_guarded(store: StateStore, path: str) -> None:
+    """write_metrics, never failing the caller (a monitoring hook)."""
+    _guarded("metrics textfile", lambda: write_metrics(store, Path(path)))
 
 
 def write_metrics(store: StateStore, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +58,7 @@ def batch_view(store: StateStore, batch_id: int) -> dict[str, Any] | None:
             if name in steps
         },
         "errors": store.errors(batch_id),
+        "latency": store.latency(batch_id=batch_id),
     }
 
 
@@ -67,6 +69,10 @@ UNKNOWN_WHY = (
     "(at most once). MC's delivery records need the recipientSendId that reply carried, so they cannot settle "
     "these: check them in MC's tracking (Email Studio sends) by subscriber key"
 )
+
+
+def _age(event_at: float | None) -> float | None:
+    return None if event_at is None else round(max(0.0, time.time() - event_at), 3)
 
 
 def follower_view(meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -107,6 +113,9 @@ def status(store: StateStore, limit: int = 10, templates: Mapping[str, Template]
         "totals": totals,
         "unknown": {"count": sum(unknown.values()), "why": UNKNOWN_WHY if unknown else "", "reasons": unknown},
         "follower": follower_view(store.get_meta("follower")),
+        # The last hour's event -> accepted, per channel (what a member felt), and how late the oldest waits.
+        "latency_last_hour": store.latency(since=time.time() - 3600),
+        "oldest_pending_seconds": _age(store.oldest_pending_event()),
         "held": held,
         "batches": batches,
         "recent_runs": [

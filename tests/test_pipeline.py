@@ -252,9 +252,15 @@ def test_import_rejections_are_recorded_as_failed(env: Env, app_db: Any) -> None
 
     env.sandbox.account._run_import = reject_one  # type: ignore[method-assign]
     assert run_cli(env.config, "run-all").exit_code == 0
+    # Refused for want of a subscriber: not failed for that alone, but uploaded again for the next import...
+    assert statuses(env) == {"sent": 5, "pending": 1}
+    for _ in range(3):
+        assert run_cli(env.config, "run-all").exit_code == 0
+    # ...until MC's import has rejected it three times over.
     assert statuses(env) == {"sent": 5, "failed": 1}
     status = run_cli(env.config, "status")
-    assert "109109" in status.output
+    assert "109109" in status.output and "after 3 imports" in status.output
+    assert len(env.sandbox.account.tasks) == 4
 
 
 def test_triggered_send_sets_from_name(env: Env, app_db: Any) -> None:

@@ -83,7 +83,13 @@ def test_a_preview_of_a_state_from_an_older_release_migrates_only_a_copy(env: En
     app_db(event_rows(1, people(2)))
     assert run_cli(env.config, "sync").exit_code == 0
     conn = sqlite3.connect(env.state_path)
-    conn.execute("ALTER TABLE token DROP COLUMN issued_for")  # as the release before migration 3 wrote it
+    # As the release before migrations 3 and 4 wrote it.
+    conn.execute("ALTER TABLE token DROP COLUMN issued_for")
+    conn.execute("DROP TABLE contacts")
+    conn.execute("ALTER TABLE notifications DROP COLUMN requeued")
+    conn.execute("DROP INDEX notifications_sent_at")
+    for column in ("event_at", "sent_at"):
+        conn.execute(f"ALTER TABLE notifications DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()

@@ -79,6 +79,12 @@ def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: 
     out.print(timeline)
     for channel, counts in view["channels"].items():
         out.print(f"{channel}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), markup=False)
+    for channel, lat in sorted(view["latency"].items()):
+        out.print(
+            f"latency {channel} (event → accepted): p50 {lat['p50']:.1f}s · p95 {lat['p95']:.1f}s"
+            f" · max {lat['max']:.1f}s over {lat['count']}",
+            markup=False,
+        )
     for e in view["errors"]:
         out.print(
             f"  {e['channel']} {e['notification_id']}: {e['status']} {e['error_code'] or ''} {e['reason'] or ''}",

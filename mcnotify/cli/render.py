@@ -117,6 +117,14 @@ def render_status(data: dict[str, Any]) -> None:
             f"{_when(f['last_cycle'])} · {f['cycles']} cycles · waiting for {f['waiting_for']}",
             markup=False,
         )
+    for channel, lat in sorted((data.get("latency_last_hour") or {}).items()):
+        out.print(
+            f"latency, last hour, {channel}: p50 {lat['p50']:.1f}s · p95 {lat['p95']:.1f}s · max {lat['max']:.1f}s"
+            f" ({lat['count']} accepted; event → accepted)",
+            markup=False,
+        )
+    if data.get("oldest_pending_seconds") is not None:
+        out.print(f"oldest notification still to send: {data['oldest_pending_seconds']:.1f}s old", markup=False)
     if data.get("held"):
         shown = ", ".join(f"{t} ({n})" for t, n in sorted(data["held"].items()))
         out.print(f"held, kept pending until their template is back in the config: {shown}", markup=False)

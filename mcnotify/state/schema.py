@@ -88,4 +88,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE token ADD COLUMN issued_for TEXT;
     """,
+    # 4: the contacts MC holds (subscriber key -> the email it has), so an email to a known member need not wait
+    # for an import. Seeded from the imports that completed before this release.
+    """
+    CREATE TABLE contacts (
+        subscriber_key TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        learned_from TEXT NOT NULL,    -- "import of batch N" or "triggered send"
+        updated_at REAL NOT NULL
+    );
+    -- How often MC refused a notification for a contact it did not hold, and it was uploaded again (bounded).
+    ALTER TABLE notifications ADD COLUMN requeued INTEGER NOT NULL DEFAULT 0;
+    -- Event time (the source's created_at) and when MC accepted it: the latency a member feels.
+    ALTER TABLE notifications ADD COLUMN event_at REAL;
+    ALTER TABLE notifications ADD COLUMN sent_at REAL;
+    CREATE INDEX notifications_sent_at ON notifications (sent_at) WHERE sent_at IS NOT NULL;
+    INSERT OR REPLACE INTO contacts (subscriber_key, email, learned_from, updated_at)
+        SELECT n.subscriber_key, n.address, 'import of batch ' || n.batch_id, COALESCE(b.import_done_at, 0)
+        FROM notifications AS n JOIN batches AS b ON b.id = n.batch_id
+        WHERE n.channel = 'email' AND n.status NOT IN ('invalid', 'expired') AND n.address IS NOT NULL
+          AND b.import_status = 'Completed'
+        ORDER BY n.seq;
+    """,
 ]

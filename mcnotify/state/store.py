@@ -21,6 +21,9 @@ from urllib.parse import quote
 from mcnotify.errors import ConfigError, LockHeld, McnotifyError
 from mcnotify.state.schema import MIGRATIONS
 
+# An outcome, not a state: MC refused the send because it does not hold the subscriber with that email; the
+# notification goes back to pending, into the next subscriber file.
+REQUEUE = "requeue"
 # Delivery states. 'sending' is written before a request whose outcome a crash could hide.
 PENDING, SENDING, SENT, FAILED, INVALID, UNKNOWN = (
     "pending",
@@ -90,6 +93,7 @@ class NewNotification:
     reason: str | None
     message_key: str | None
     cursor: Any = None  # the source's cursor value for this row (not stored)
+    event_at: float | None = None  # the source's created_at as a Unix time, when the query returns one
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,11 @@ class Outcome:
     """What one send attempt decided for one notification."""
 
     seq: int
-    status: str
+    status: str  # a notification status, or REQUEUE
     error_code: str | None = None
     reason: str | None = None
+    # (subscriber key, email): MC holds it (an accepted triggered send), or, with REQUEUE, does not
+    contact: tuple[str, str] | None = None
 
 
 class StateFileLost(McnotifyError):
@@ -330,8 +336,8 @@ class StateStore:
         now = time.time()
         self.conn.executemany(
             "INSERT INTO notifications (notification_id, batch_id, template, channel, subscriber_key, address,"
-            " raw_contact, attributes, from_name, status, reason, message_key, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " raw_contact, attributes, from_name, status, reason, message_key, updated_at, event_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     n.notification_id,
@@ -347,6 +353,7 @@ class StateStore:
                     n.reason,
                     n.message_key,
                     now,
+                    n.event_at,
                 )
                 for n in rows
             ],
@@ -405,14 +412,71 @@ class StateStore:
             )
         return sorted(set(keys) | set(moved))
 
-    def subscribers(self, batch_id: int) -> Iterator[tuple[str, str]]:
-        """(subscriber key, email) once per key, streamed in key order; run after resolve_email_conflicts."""
+    # An email MC can take now: its subscriber key is in the ledger with this very address.
+    _KNOWN = (
+        "EXISTS (SELECT 1 FROM contacts AS c WHERE c.subscriber_key = notifications.subscriber_key"
+        " AND c.email = notifications.address)"
+    )
+
+    def subscribers(self, batch_id: int, new_only: bool = False) -> Iterator[tuple[str, str]]:
+        """(subscriber key, email) once per key, streamed in key order; run after resolve_email_conflicts.
+        `new_only`: only the contacts MC does not hold with that email (new members, changed emails)."""
+        unknown = f" AND NOT {self._KNOWN}" if new_only else ""
         for key, address, _ in self.conn.execute(
-            f"SELECT subscriber_key, address, MAX(seq) FROM notifications WHERE {self._SENDABLE_EMAIL}"
+            f"SELECT subscriber_key, address, MAX(seq) FROM notifications WHERE {self._SENDABLE_EMAIL}{unknown}"
             " GROUP BY subscriber_key ORDER BY subscriber_key",
             (batch_id,),
         ):
             yield key, address
+
+    # -- the contact ledger: what MC holds ----------------------------------------------------------------
+    def learn_batch_contacts(self, batch_id: int) -> int:
+        """A batch's import completed: MC now holds each of its subscribers with the email the file carried."""
+        cur = self.conn.execute(
+            "INSERT OR REPLACE INTO contacts (subscriber_key, email, learned_from, updated_at)"
+            f" SELECT subscriber_key, address, 'import of batch ' || batch_id, ? FROM notifications"
+            f" WHERE {self._SENDABLE_EMAIL} GROUP BY subscriber_key HAVING seq = MAX(seq)",
+            (time.time(), batch_id),
+        )
+        return max(cur.rowcount, 0)
+
+    def learn_contact(self, subscriber_key: str, email: str, learned_from: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO contacts (subscriber_key, email, learned_from, updated_at) VALUES (?, ?, ?, ?)",
+            (subscriber_key, email, learned_from, time.time()),
+        )
+
+    def forget_contacts(self, subscriber_keys: Iterable[str]) -> None:
+        """MC said it does not hold these (a refused send): the next subscriber file carries them again."""
+        self.conn.executemany("DELETE FROM contacts WHERE subscriber_key = ?", [(k,) for k in subscriber_keys])
+
+    def contact(self, subscriber_key: str) -> str | None:
+        row = self.conn.execute("SELECT email FROM contacts WHERE subscriber_key = ?", (subscriber_key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def requeue_for_import(self, seqs: Sequence[int], reason: str, limit: int = 3) -> tuple[int, int]:
+        """Emails MC refused because it does not hold their subscriber with that address: back to pending in the
+        open batch (claimed, not yet uploaded; a new one if none), so the next subscriber file carries them and
+        they are sent after its import. One refused `limit` times already is failed with `reason` instead (an
+        address MC's import keeps rejecting). Returns (requeued, failed)."""
+        failed = self.conn.executemany(
+            "UPDATE notifications SET status = 'failed', reason = ?, updated_at = ? WHERE seq = ? AND requeued >= ?",
+            [(f"{reason} (after {limit} imports)", time.time(), s, limit) for s in seqs],
+        ).rowcount
+        row = self.conn.execute(
+            "SELECT id FROM batches WHERE status IN ('claiming', 'claimed') ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            batch_id = int(row[0])
+        else:
+            batch_id = self.create_batch()
+            self.update_batch(batch_id, status="claimed")
+        requeued = self.conn.executemany(
+            "UPDATE notifications SET batch_id = ?, status = 'pending', requeued = requeued + 1, updated_at = ?"
+            " WHERE seq = ? AND status != 'failed'",
+            [(batch_id, time.time(), s) for s in seqs],
+        ).rowcount
+        return max(requeued, 0), max(failed, 0)
 
     def work(
         self,
@@ -422,12 +486,15 @@ class StateStore:
         template: str | None = None,
         after: int = 0,
         limit: int = -1,
+        known_only: bool = False,
     ) -> list[Notification]:
-        """Notifications to send, oldest first; keyset-paged by `after` (a seq) and `limit`."""
+        """Notifications to send, oldest first; keyset-paged by `after` (a seq) and `limit`. `known_only`: only
+        emails whose subscriber MC already holds with that address."""
         sql = (
             "SELECT seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes,"
             " from_name, status, message_key FROM notifications WHERE batch_id = ? AND channel = ?"
             f" AND status IN ({','.join('?' * len(statuses))}) AND seq > ?"
+            + (f" AND {self._KNOWN}" if known_only else "")
         )
         args: list[Any] = [batch_id, channel, *statuses, after]
         if template is not None:
@@ -442,12 +509,13 @@ class StateStore:
             out.append(Notification(**d))
         return out
 
-    def templates(self, batch_id: int, channel: str) -> list[str]:
+    def templates(self, batch_id: int, channel: str, known_only: bool = False) -> list[str]:
+        known = f" AND {self._KNOWN}" if known_only else ""
         return [
             r[0]
             for r in self.conn.execute(
                 "SELECT DISTINCT template FROM notifications WHERE batch_id = ? AND channel = ?"
-                " AND status IN ('pending', 'sending')",
+                f" AND status IN ('pending', 'sending'){known}",
                 (batch_id, channel),
             )
         ]
@@ -516,9 +584,56 @@ class StateStore:
     def record(self, outcomes: Iterable[Outcome]) -> None:
         now = time.time()
         self.conn.executemany(
-            "UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ? WHERE seq = ?",
-            [(o.status, o.error_code, o.reason, now, o.seq) for o in outcomes],
+            "UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?,"
+            " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE seq = ?",
+            [(o.status, o.error_code, o.reason, now, o.status, now, o.seq) for o in outcomes],
         )
+
+    def latency(self, batch_id: int | None = None, since: float | None = None) -> dict[str, dict[str, float]]:
+        """Event (the source's created_at) -> accepted by MC, per channel: {channel: {count, p50, p95, max}} in
+        seconds, over one batch or what was accepted since `since`; only rows whose event time is known."""
+        where, args = "sent_at IS NOT NULL AND event_at IS NOT NULL", list[float]()
+        if batch_id is not None:
+            where += " AND batch_id = ?"
+            args.append(batch_id)
+        if since is not None:
+            where += " AND sent_at >= ?"
+            args.append(since)
+        out: dict[str, dict[str, float]] = {}
+        for channel, count in self.conn.execute(
+            f"SELECT channel, COUNT(*) FROM notifications WHERE {where} GROUP BY channel", args
+        ).fetchall():
+
+            def at(fraction: float, channel: str = channel, count: int = count) -> float:
+                row = self.conn.execute(
+                    f"SELECT sent_at - event_at AS d FROM notifications WHERE {where} AND channel = ?"
+                    " ORDER BY d LIMIT 1 OFFSET ?",
+                    (*args, channel, min(count - 1, int(fraction * count))),
+                ).fetchone()
+                return round(max(0.0, float(row[0])), 3)
+
+            out[channel] = {"count": count, "p50": at(0.5), "p95": at(0.95), "max": at(1.0)}
+        return out
+
+    def latency_histogram(self, bounds: Sequence[float]) -> dict[str, tuple[list[int], int, float]]:
+        """Event -> accepted, per channel, as a cumulative histogram: {channel: ([count <= bound...], count,
+        sum)}, in one pass over the accepted notifications whose event time is known."""
+        cases = ", ".join(f"SUM(d <= {float(b)!r})" for b in bounds)
+        out: dict[str, tuple[list[int], int, float]] = {}
+        for row in self.conn.execute(
+            f"SELECT channel, {cases}, COUNT(*), TOTAL(d) FROM (SELECT channel, MAX(0, sent_at - event_at) AS d"
+            " FROM notifications WHERE sent_at IS NOT NULL AND event_at IS NOT NULL) GROUP BY channel"
+        ):
+            out[str(row[0])] = ([int(x or 0) for x in row[1:-2]], int(row[-2]), float(row[-1]))
+        return out
+
+    def oldest_pending_event(self) -> float | None:
+        """The event time of the oldest notification still to send (its age is how late the pipeline runs)."""
+        row = self.conn.execute(
+            "SELECT MIN(event_at) FROM notifications WHERE status IN ('pending', 'sending')"
+            " AND batch_id IN (SELECT id FROM batches WHERE status != 'done')"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def fail_channel(self, batch_id: int, channel: str, reason: str) -> int:
         cur = self.conn.execute(
@@ -538,12 +653,14 @@ class StateStore:
         sql += " GROUP BY channel, status"
         return {(r[0], r[1]): r[2] for r in self.conn.execute(sql, args)}
 
-    def open_work(self, batch_id: int, channel: str | None = None) -> int:
+    def open_work(self, batch_id: int, channel: str | None = None, known_only: bool = False) -> int:
         sql = "SELECT COUNT(*) FROM notifications WHERE batch_id = ? AND status IN ('pending', 'sending')"
         args: tuple[Any, ...] = (batch_id,)
         if channel is not None:
             sql += " AND channel = ?"
             args += (channel,)
+        if known_only:
+            sql += f" AND {self._KNOWN}"
         return int(self.conn.execute(sql, args).fetchone()[0])
 
     def invalid_rows(self, batch_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:

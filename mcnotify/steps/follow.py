@@ -30,6 +30,7 @@ from mcnotify.steps import Context, send, sync, wait_import
 
 FOLLOWER = "follower"  # meta key: who follows, since when, its last cycle, what it waits for
 MAX_BACKOFF = 60.0
+METRICS_EVERY = 15.0
 log = logging.getLogger("mcnotify")
 
 
@@ -67,6 +68,7 @@ class Follower:
         self.sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
         self.started = time.time()
         self.last_import_poll = -float("inf")
+        self.metrics_at = -float("inf")
         self.outage: _Outage | None = None
         self.backoff = self.poll
         self.waiting_for = "new rows"
@@ -92,6 +94,7 @@ class Follower:
             self._recovered()
             self.backoff = self.poll
             self._heartbeat()
+            self._metrics()
             if not busy:
                 self._pause(self.poll)
         self.report.note = f"stopped after {self.report.cycles} cycles; the next run resumes"
@@ -165,6 +168,14 @@ class Follower:
         self.outage = None
 
     # -- status ---------------------------------------------------------------------------------------------
+    def _metrics(self) -> None:
+        """The metrics textfile, rewritten every METRICS_EVERY seconds (a one-shot run writes it at its end)."""
+        path = self.ctx.settings.section("metrics")["textfile"]
+        now = self.clock()
+        if path and now - self.metrics_at >= METRICS_EVERY:
+            self.metrics_at = now
+            hooks.write_metrics_guarded(self.ctx.store, path)
+
     def _heartbeat(self, stopped: bool = False) -> None:
         with self.ctx.store.transaction():
             self.ctx.store.set_meta(

@@ -20,7 +20,7 @@ from mcnotify.errors import McnotifyError
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
-from mcnotify.state.store import FAILED, PENDING, SENDING, SENT, UNKNOWN, Outcome
+from mcnotify.state.store import FAILED, PENDING, REQUEUE, SENDING, SENT, UNKNOWN, Outcome
 from mcnotify.steps import Context
 from mcnotify.steps.flow import RateLimiter, Throttle
 
@@ -36,6 +36,7 @@ class SendReport:
     sent: int = 0
     failed: int = 0
     unknown: int = 0
+    requeued: int = 0  # refused for want of a subscriber: uploaded again, sent after that import
     duplicates: int = 0
     calls: int = 0
     batches: list[int] = field(default_factory=list)
@@ -49,12 +50,17 @@ class SendReport:
 CLAIMED = ("claimed", "uploaded", "importing", "imported")
 
 
-def _ready(ctx: Context, batch: Batch, channel: str) -> bool:
-    if channel == "sms" and not ctx.settings.section("sms")["wait_for_import"]:
-        return batch.status in CLAIMED
-    if batch.status != "imported":
-        return False
-    return channel == "sms" or batch.import_status in EMAIL_READY or batch.import_status == "Error"
+def _gate(ctx: Context, batch: Batch, channel: str) -> str | None:
+    """How much of a batch's `channel` may go now: "all", "known" (the emails whose subscriber MC already holds
+    with that address), or None (it waits for the batch's import)."""
+    if batch.status not in CLAIMED:
+        return None
+    if channel == "sms":
+        waits = ctx.settings.section("sms")["wait_for_import"]
+        return "all" if not waits or batch.status == "imported" else None
+    if batch.status == "imported":
+        return "all" if batch.import_status in EMAIL_READY or batch.import_status == "Error" else None
+    return {"new-contacts": "known", "never": "all"}.get(ctx.settings.section("email")["wait_for_import"])
 
 
 def _attributes(ctx: Context, n: Notification) -> dict[str, str]:
@@ -71,11 +77,40 @@ def _recipient(ctx: Context, n: Notification) -> rest.Recipient:
     return rest.Recipient(n.message_key, n.subscriber_key, n.address, _attributes(ctx, n))
 
 
-def _outcome(n: Notification, verdict: rest.Verdict) -> Outcome:
+# MC refusing a send because it does not hold the subscriber with that email: a triggered send's 180008 ("no
+# valid subscribers"), the subscriber-level SubscriberKeyMismatch (13) / EmailAddressMismatch (14), and their
+# transactional REST form (InvalidValue_subscriberKey naming the mismatch).
+NOT_HELD_CODES = frozenset({"180008", "13", "14"})
+NOT_HELD_WORDS = ("SubscriberKeyMismatch", "EmailAddressMismatch")
+
+
+def _not_held(verdict: rest.Verdict) -> bool:
+    return verdict.code in NOT_HELD_CODES or any(w in (verdict.message or "") for w in NOT_HELD_WORDS)
+
+
+def _outcome(n: Notification, verdict: rest.Verdict, learn: bool = False) -> Outcome:
+    contact = (n.subscriber_key, n.address) if n.subscriber_key and n.address else None
     if verdict.accepted:
         reason = "messageKey already used: MC accepted it earlier" if verdict.duplicate else None
-        return Outcome(n.seq, SENT, verdict.code, reason)
+        return Outcome(n.seq, SENT, verdict.code, reason, contact if learn else None)
+    if n.channel == "email" and _not_held(verdict):
+        why = f"MC does not hold this subscriber with this email ({verdict.code}); uploaded again"
+        return Outcome(n.seq, REQUEUE, verdict.code, why, contact)
     return Outcome(n.seq, FAILED, verdict.code, verdict.message or "refused by MC")
+
+
+def _record(ctx: Context, outcomes: Sequence[Outcome]) -> None:
+    """One call's outcomes, in one transaction: states, what MC showed it holds, and refusals for want of a
+    subscriber (forgotten from the ledger and sent again after the next import: never failed for that alone)."""
+    store = ctx.store
+    store.record([o for o in outcomes if o.status != REQUEUE])
+    for o in outcomes:
+        if o.status == SENT and o.contact is not None:
+            store.learn_contact(*o.contact, "triggered send")
+    requeue = [o for o in outcomes if o.status == REQUEUE]
+    if requeue:
+        store.forget_contacts({o.contact[0] for o in requeue if o.contact})
+        store.requeue_for_import([o.seq for o in requeue], requeue[0].reason or "MC does not hold the subscriber")
 
 
 def _tally(report: SendReport, outcomes: Sequence[Outcome]) -> None:
@@ -87,6 +122,8 @@ def _tally(report: SendReport, outcomes: Sequence[Outcome]) -> None:
             report.failed += 1
         elif o.status == UNKNOWN:
             report.unknown += 1
+        elif o.status == REQUEUE:
+            report.requeued += 1
 
 
 def _configured(ctx: Context, template: str, channel: str) -> bool:
@@ -96,15 +133,23 @@ def _configured(ctx: Context, template: str, channel: str) -> bool:
     return found is not None and found.channel == channel
 
 
-def _chunks(ctx: Context, batch_id: int, channel: str, size: int) -> Iterator[list[Notification]]:
+def _chunks(
+    ctx: Context, batch_id: int, channel: str, size: int, known_only: bool = False
+) -> Iterator[list[Notification]]:
     """The batch's sendable notifications in chunks of one template each, read page by page so a large batch
     is never in memory. Templates the config no longer has are skipped (see `held`)."""
-    for template in ctx.store.templates(batch_id, channel):
+    for template in ctx.store.templates(batch_id, channel, known_only):
         if not _configured(ctx, template, channel):
             continue
         after = 0
         while page := ctx.store.work(
-            batch_id, channel, (PENDING, SENDING), template=template, after=after, limit=size * 20
+            batch_id,
+            channel,
+            (PENDING, SENDING),
+            template=template,
+            after=after,
+            limit=size * 20,
+            known_only=known_only,
         ):
             after = page[-1].seq
             for start in range(0, len(page), size):
@@ -157,7 +202,7 @@ def _run_pool(
                     failure = failure or exc
                     continue
                 with ctx.store.transaction():
-                    ctx.store.record(outcomes)
+                    _record(ctx, outcomes)
                 report.calls += 1
                 throttle.succeeded()
                 _tally(report, outcomes)
@@ -176,7 +221,9 @@ def _flow(ctx: Context, channel: str) -> tuple[Throttle, RateLimiter]:
     return throttle, RateLimiter(float(section["rate_limit"]), ctx.sleep)
 
 
-def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel: str) -> None:
+def _send_transactional(
+    ctx: Context, report: SendReport, batch_id: int, channel: str, known_only: bool = False
+) -> None:
     from mcnotify.mc import rest
 
     client = ctx.mc()
@@ -192,11 +239,11 @@ def _send_transactional(ctx: Context, report: SendReport, batch_id: int, channel
         return call
 
     size = int(ctx.settings.section(channel)["batch_size"])
-    jobs = ((job(chunk), len(chunk)) for chunk in _chunks(ctx, batch_id, channel, size))
+    jobs = ((job(chunk), len(chunk)) for chunk in _chunks(ctx, batch_id, channel, size, known_only))
     _run_pool(ctx, report, jobs, *_flow(ctx, channel))
 
 
-def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
+def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only: bool = False) -> None:
     """One request per notification, and no key to make a repeat harmless. So each row is marked 'sending' just
     before its own request is handed to the pool, and whatever way this ends (done, an error, a stop), rows whose
     request never left go back to 'pending'. Only a row whose request may have reached MC can end 'unknown'."""
@@ -205,7 +252,7 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
 
     section = ctx.settings.section("email")
     client = ctx.mc()
-    rows = [n for chunk in _chunks(ctx, batch_id, "email", 1000) for n in chunk]
+    rows = [n for chunk in _chunks(ctx, batch_id, "email", 1000, known_only) for n in chunk]
     # A 'sending' row survived a crash mid-request: MC may have sent it. Never send it again.
     stale = [
         Outcome(n.seq, UNKNOWN, None, "interrupted during a triggered send; not resent to avoid a duplicate")
@@ -245,7 +292,7 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int) -> None:
             except Exception as exc:  # MC answered, but not usably: it may have queued the send
                 reason = f"no usable reply ({type(exc).__name__}: {exc}); not resent to avoid a duplicate"
                 return [Outcome(n.seq, UNKNOWN, None, reason)]
-            return [_outcome(n, verdict)]
+            return [_outcome(n, verdict, learn=True)]  # accepted: MC holds this subscriber with this email
 
         return call
 
@@ -283,7 +330,7 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
     store, report = ctx.store, SendReport(channel)
     step = f"send-{channel}"
     unfinished = store.batches("claiming", "claimed", "uploaded", "importing")
-    waiting = [b.id for b in unfinished if not _ready(ctx, b, channel)]
+    waiting = [b.id for b in unfinished if _gate(ctx, b, channel) != "all"]
     report.waiting = waiting
     report.held = held(ctx, channel)
     if report.held:
@@ -294,9 +341,11 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             shown,
         )
     for batch in store.batches(*CLAIMED):
-        if not _ready(ctx, batch, channel):
+        gate = _gate(ctx, batch, channel)
+        if gate is None:
             continue
-        pending = store.open_work(batch.id, channel) - sum(
+        known_only = gate == "known"
+        pending = store.open_work(batch.id, channel, known_only) - sum(
             n for t, n in store.open_by_template(batch.id).items() if t[1] == channel and not _configured(ctx, *t)
         )
         if channel == "email" and batch.import_status == "Error" and pending:
@@ -312,7 +361,11 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
                 report.batches.append(batch.id)
                 report.sent += pending  # "would send"
                 want = max(0, 5 - len(report.samples))
-                sample = store.work(batch.id, channel, (PENDING, SENDING), limit=want * 4) if want else []
+                sample = (
+                    store.work(batch.id, channel, (PENDING, SENDING), limit=want * 4, known_only=known_only)
+                    if want
+                    else []
+                )
                 report.samples += [_sample(ctx, n) for n in sample if _configured(ctx, n.template, channel)][:want]
             continue
         if pending:
@@ -320,16 +373,17 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             with store.transaction():
                 store.step_started(batch.id, step)
             ctx.progress(f"{step}: batch {batch.id}: {pending} to send")
-            before = (report.sent, report.failed, report.unknown)
+            before = (report.sent, report.failed, report.unknown, report.requeued)
             api = ctx.settings.section(channel)["api"]
             if api == "triggered-send":
-                _send_triggered(ctx, report, batch.id)
+                _send_triggered(ctx, report, batch.id, known_only)
             else:
-                _send_transactional(ctx, report, batch.id, channel)
-            sent, failed, unknown = (
-                a - b for a, b in zip((report.sent, report.failed, report.unknown), before, strict=True)
+                _send_transactional(ctx, report, batch.id, channel, known_only)
+            now = (report.sent, report.failed, report.unknown, report.requeued)
+            sent, failed, unknown, requeued = (a - b for a, b in zip(now, before, strict=True))
+            summary = f"{sent} sent, {failed} failed, {unknown} unknown" + (
+                f", {requeued} waiting for MC to import their subscriber" if requeued else ""
             )
-            summary = f"{sent} sent, {failed} failed, {unknown} unknown"
             with store.transaction():
                 store.step_finished(batch.id, step, "done", summary)
             ctx.progress(f"{step}: batch {batch.id}: {summary}")  # the log's last word on the batch

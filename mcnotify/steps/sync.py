@@ -297,6 +297,7 @@ class Classifier:
             None,
             message_key(self._key_prefix, template.channel, nid),
             cursor,
+            event_time(row[CREATED_AT]) if CREATED_AT in row else None,
         )
 
     @staticmethod
@@ -511,7 +512,9 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
     fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            report.csv_rows = write_csv(store.subscribers(batch_id), out)
+            # Only contacts MC does not hold with that email yet, unless every email is to wait for the import.
+            new_only = ctx.settings.section("email")["wait_for_import"] != "always"
+            report.csv_rows = write_csv(store.subscribers(batch_id, new_only=new_only), out)
         if report.csv_rows == 0:
             with store.transaction():
                 store.update_batch(

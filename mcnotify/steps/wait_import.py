@@ -43,6 +43,8 @@ def _finish(ctx: Context, result: ImportResult) -> None:
             import_duplicates=result.duplicates,
             import_done_at=time.time(),
         )
+        if result.status in ("Completed", "assumed"):
+            ctx.store.learn_batch_contacts(result.batch_id)  # MC now holds them: their next emails need not wait
         detail = f"{result.status}: {result.ok} ok, {result.errors} errors of {result.total}"
         if result.total is None:
             detail = result.status
