@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench dist dist-check clean
+.PHONY: demo test lint bench bench-latency dist dist-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	test -f bench/run.py && $(BIN)/python bench/run.py
+
+# Event -> accepted with run-all --follow: 10 events/s for 60 s against a 15 s MC import, both email APIs.
+bench-latency: $(STAMP)
+	$(BIN)/python bench/latency.py --burst 100000 --quiet-seconds 60
 
 # One executable file: the package and its dependencies in a zipapp (shiv). It unpacks itself once into
 # $$SHIV_ROOT (default ~/.shiv; the systemd units set it to the unit's CacheDirectory).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import random
 import signal
 import sqlite3
 import subprocess
@@ -151,3 +152,25 @@ def test_mysql_restarted_mid_run_does_not_end_the_follower(env: Env, app_db: Any
     assert code == 0, err
     assert "MySQL" in err and "trying again" in err
     delivered_once(env, 18)
+
+
+def test_sigkill_of_the_follower_ten_times_while_events_arrive_delivers_each_once(env: Env, app_db: Any) -> None:
+    env.sandbox.settings.import_lag = 0.4
+    env.sandbox.settings.latency = 0.01
+    rng = random.Random(20261130)
+    written = 0
+    for kill in range(10):
+        with follower(env) as proc:
+            for _ in range(3):  # events keep arriving while it runs
+                app_db(event_rows(1 + written * 3, people(2, offset=written)))
+                written += 2
+                time.sleep(rng.uniform(0.05, 0.4))
+            proc.kill()  # SIGKILL: no chance to record anything
+            proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, kill
+    with follower(env) as proc:
+        wait_until(lambda: len(env.accepted()) >= 3 * written, 90, "everything after the kills")
+        code, err, _ = stop(proc)
+    assert code == 0, err
+    delivered_once(env, 3 * written)
+    assert statuses(env) == {"sent": 3 * written}

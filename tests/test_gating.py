@@ -92,3 +92,31 @@ def test_mc_refusing_for_want_of_the_subscriber_sends_it_after_the_next_import(e
     assert statuses(env) == {"sent": 2}
     assert emails_to(env) == {("m-1", "one@example.com"): 2}  # the first mail once, the refused one once
     assert uploaded(env) == [["m-1", "one@example.com"]]
+
+
+def test_a_state_from_the_release_before_upgrades_in_place_and_sends_nothing_twice(env: Env, app_db: Any) -> None:
+    env.write(email={"api": "triggered-send"})
+    app_db([email(1, "m-1", "one@example.com"), email(2, "m-2", "two@example.com")])
+    assert run_cli(env.config, "sync").exit_code == 0
+    assert run_cli(env.config, "wait-import").exit_code == 0
+    assert run_cli(env.config, "send-email").exit_code == 0  # m-1's and m-2's first emails are out
+    app_db([email(3, "m-1", "one@example.com")])
+    # Make it the file the release before wrote (schema 2): no ledger, no columns it did not have.
+    conn = sqlite3.connect(env.state_path)
+    conn.execute("ALTER TABLE token DROP COLUMN issued_for")
+    conn.execute("DROP TABLE contacts")
+    conn.execute("DROP INDEX notifications_sent_at")
+    for column in ("requeued", "event_at", "sent_at"):
+        conn.execute(f"ALTER TABLE notifications DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    env.sandbox.settings.import_lag = 30.0  # were m-1 re-uploaded, its email would wait for this import
+    assert run_cli(env.config, "sync").exit_code == 0
+    with sqlite3.connect(env.state_path) as conn:
+        ledger = dict(conn.execute("SELECT subscriber_key, email FROM contacts").fetchall())
+    conn.close()
+    assert ledger == {"m-1": "one@example.com", "m-2": "two@example.com"}  # learned from the completed import
+    assert run_cli(env.config, "send-email").exit_code == 0
+    assert statuses(env) == {"sent": 3}
+    assert emails_to(env) == {("m-1", "one@example.com"): 2, ("m-2", "two@example.com"): 1}

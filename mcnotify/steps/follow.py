@@ -31,6 +31,7 @@ from mcnotify.steps import Context, send, sync, wait_import
 FOLLOWER = "follower"  # meta key: who follows, since when, its last cycle, what it waits for
 MAX_BACKOFF = 60.0
 METRICS_EVERY = 15.0
+HEARTBEAT_EVERY = 5.0  # the follower's line in `status`: its last cycle is at most this old
 log = logging.getLogger("mcnotify")
 
 
@@ -68,6 +69,8 @@ class Follower:
         self.sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
         self.started = time.time()
         self.last_import_poll = -float("inf")
+        self.dirty = True  # something may be waiting to be sent (always, at start)
+        self.heartbeat_at = -float("inf")
         self.metrics_at = -float("inf")
         self.outage: _Outage | None = None
         self.backoff = self.poll
@@ -87,13 +90,15 @@ class Follower:
             except (ConfigError, StateFileLost):
                 raise
             except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
+                self.dirty = True  # a send may have been cut short: the next pass tries again
                 self._failed(exc)
                 self._pause(self.backoff)
                 self.backoff = min(self.backoff * 2, MAX_BACKOFF)
                 continue
             self._recovered()
             self.backoff = self.poll
-            self._heartbeat()
+            if self.clock() - self.heartbeat_at >= HEARTBEAT_EVERY:
+                self._heartbeat()
             self._metrics()
             if not busy:
                 self._pause(self.poll)
@@ -110,24 +115,32 @@ class Follower:
         report.cycles += 1
         synced = sync.run(ctx)
         report.claimed += synced.new_rows
-        if not self.sms_waits:
+        # Only this process changes the state while it holds the lock: with nothing claimed and no import
+        # completed since the last full pass, there is nothing new to send (a quiet source costs next to no CPU).
+        self.dirty = self.dirty or synced.new_rows > 0
+        if not self.sms_waits and self.dirty:
             self._send("sms")
         now = self.clock()
-        importing = ctx.store.batches("importing")
-        if importing and now - self.last_import_poll >= self.import_poll:
+        was_importing = ctx.store.batches("importing")
+        if was_importing and now - self.last_import_poll >= self.import_poll:
             self.last_import_poll = now
             with contextlib.suppress(ImportPending):  # still running: polled again next time
                 wait_import.run(ctx, wait=False)
         importing = ctx.store.batches("importing")
-        self._send("email")
-        if self.sms_waits:
-            self._send("sms")
+        if was_importing and not importing:
+            self.dirty = True  # the import released its emails (and, if they wait, the SMS)
+        if self.dirty:
+            self._send("email")
+            if self.sms_waits:
+                self._send("sms")
+            self.dirty = False
         if importing:
             task = importing[0].import_task_id or "?"
             self.waiting_for = f"MC import of batch {importing[0].id} (task {task})"
         else:
             self.waiting_for = "new rows"
-        return synced.new_rows >= self.batch_limit
+        # A full claim, or an import that just completed (the next file can go up at once): no pause.
+        return synced.new_rows >= self.batch_limit or bool(was_importing and not importing)
 
     def _send(self, channel: str) -> None:
         result = send.run(self.ctx, channel)
@@ -177,6 +190,7 @@ class Follower:
             hooks.write_metrics_guarded(self.ctx.store, path)
 
     def _heartbeat(self, stopped: bool = False) -> None:
+        self.heartbeat_at = self.clock()
         with self.ctx.store.transaction():
             self.ctx.store.set_meta(
                 FOLLOWER,

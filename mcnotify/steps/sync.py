@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,13 +349,30 @@ def _pages(source: Source, after: Any, limit: int, order: CursorOrder) -> Iterat
             return
 
 
-def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any] | None]) -> Iterator[Chunk]:
+def classified_chunks(
+    settings: Settings,
+    rows: Iterable[dict[str, Any] | None],
+    known: Callable[[list[str]], set[str]] | None = None,
+) -> Iterator[Chunk]:
     """Source rows, classified, in chunks; each with the highest cursor the watermark may now cover (None
-    until a whole page is read) and the number of rows it read."""
+    until a whole page is read) and the number of rows it read. `known(ids)`: the ids already claimed, which
+    are not classified again (each sync re-reads `overlap` rows below the watermark)."""
     cursor_column = settings.section("source")["cursor_column"]
     classify: Classifier | None = None  # built at the first row: nothing new, nothing heavy imported
-    chunk: list[NewNotification] = []
+    buffer: list[dict[str, Any]] = []
     top, count, good = None, 0, None
+
+    def classified() -> list[NewNotification]:
+        nonlocal classify
+        skip = known([str(_plain(r["notification_id"])) for r in buffer]) if known and buffer else set()
+        out = []
+        for r in buffer:
+            if skip and str(_plain(r["notification_id"])) in skip:
+                continue
+            classify = classify or Classifier(settings)
+            out.append(classify(r))
+        return out
+
     for row in rows:
         if row is None:  # a page ended: everything in it is in order
             top = good if good is not None else top
@@ -364,8 +381,7 @@ def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any] | None])
         if CURSOR_PROBLEM not in row:
             good = row[cursor_column]
         if row["notification_id"] is not None:
-            classify = classify or Classifier(settings)
-            chunk.append(classify(row))
+            buffer.append(row)
         else:  # nothing to record it under: say so rather than drop it silently
             logging.getLogger("mcnotify").warning(
                 "sync: a source row with %s %s has no notification_id; it cannot be recorded and is skipped",
@@ -373,10 +389,10 @@ def classified_chunks(settings: Settings, rows: Iterable[dict[str, Any] | None])
                 _shown(row.get(cursor_column)),
             )
         if count >= CHUNK:
-            yield chunk, top, count
-            chunk, top, count = [], None, 0
+            yield classified(), top, count
+            buffer, top, count = [], None, 0
     if count or top is not None:
-        yield chunk, top, count
+        yield classified(), top, count
 
 
 def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
@@ -389,7 +405,7 @@ def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
     order = CursorOrder(cursor_column, _kind(ctx.store.get_meta(WATERMARK)))
     # A batch no bigger than the first page is read here, page by page, as before.
     rows = _pages(source, after, limit, order) if probe == limit else _first_page(source, after, probe, order)
-    for chunk, top, count in classified_chunks(ctx.settings, _warn_without_created_at(ctx, rows)):
+    for chunk, top, count in classified_chunks(ctx.settings, _warn_without_created_at(ctx, rows), ctx.store.known_ids):
         read += count
         after = top if top is not None else after
         yield chunk, top, count
