@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # requests is slow to import; a run with nothing to send neve
     from mcnotify.mc import rest
 
 EMAIL_READY = {"Completed", "skipped", "assumed"}
+PROGRESS_EVERY = 3.0  # seconds between running progress lines of a long send (the journal's view of it)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class SendReport:
     failed: int = 0
     unknown: int = 0
     requeued: int = 0  # refused for want of a subscriber: uploaded again, sent after that import
+    total: int = 0  # the current batch's notifications to send (progress lines)
+    started_at: tuple[int, float] = (0, 0.0)  # counts and monotonic time when the current batch began
     duplicates: int = 0
     calls: int = 0
     batches: list[int] = field(default_factory=list)
@@ -206,9 +209,15 @@ def _run_pool(
                 report.calls += 1
                 throttle.succeeded()
                 _tally(report, outcomes)
-            if time.monotonic() - last_progress >= 1.0:
+            if time.monotonic() - last_progress >= PROGRESS_EVERY:
                 last_progress = time.monotonic()
-                ctx.progress(f"send-{report.channel}: {report.sent} sent, {report.failed} failed")
+                handled = report.sent + report.failed + report.unknown + report.requeued - report.started_at[0]
+                rate = handled / max(1e-9, last_progress - report.started_at[1])
+                total = f"/{report.total:,}" if report.total else ""
+                ctx.progress(
+                    f"send-{report.channel}: {handled:,}{total} done ({report.sent:,} sent, {report.failed:,} failed),"
+                    f" {rate:,.0f} a second"
+                )
     if failure is not None:
         raise failure
     ctx.check_stop()
@@ -373,6 +382,9 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             with store.transaction():
                 store.step_started(batch.id, step)
             ctx.progress(f"{step}: batch {batch.id}: {pending} to send")
+            # For the running progress lines: this batch's total, and where the counts and the clock start.
+            report.total = pending
+            report.started_at = (report.sent + report.failed + report.unknown + report.requeued, time.monotonic())
             before = (report.sent, report.failed, report.unknown, report.requeued)
             api = ctx.settings.section(channel)["api"]
             if api == "triggered-send":
