@@ -106,6 +106,7 @@ def test_a_state_from_the_release_before_upgrades_in_place_and_sends_nothing_twi
     conn.execute("ALTER TABLE token DROP COLUMN issued_for")
     conn.execute("DROP TABLE contacts")
     conn.execute("DROP INDEX notifications_sent_at")
+    conn.execute("DROP INDEX notifications_pending")
     for column in ("requeued", "event_at", "sent_at"):
         conn.execute(f"ALTER TABLE notifications DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")

@@ -88,6 +88,7 @@ def test_a_preview_of_a_state_from_an_older_release_migrates_only_a_copy(env: En
     conn.execute("DROP TABLE contacts")
     conn.execute("ALTER TABLE notifications DROP COLUMN requeued")
     conn.execute("DROP INDEX notifications_sent_at")
+    conn.execute("DROP INDEX notifications_pending")
     for column in ("event_at", "sent_at"):
         conn.execute(f"ALTER TABLE notifications DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")

@@ -103,6 +103,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE notifications ADD COLUMN event_at REAL;
     ALTER TABLE notifications ADD COLUMN sent_at REAL;
     CREATE INDEX notifications_sent_at ON notifications (sent_at) WHERE sent_at IS NOT NULL;
+    -- The notifications still to send, small at any time: cross-batch address changes start from here.
+    CREATE INDEX notifications_pending ON notifications (channel, batch_id) WHERE status = 'pending';
     INSERT OR REPLACE INTO contacts (subscriber_key, email, learned_from, updated_at)
         SELECT n.subscriber_key, n.address, 'import of batch ' || n.batch_id, COALESCE(b.import_done_at, 0)
         FROM notifications AS n JOIN batches AS b ON b.id = n.batch_id

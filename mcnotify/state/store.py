@@ -387,14 +387,16 @@ class StateStore:
                 f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, *chunk),
             )
+        # Driven from the (few) pending emails of earlier batches, through the partial index of pending rows,
+        # each looked up in this batch by key: never a scan of this batch against every earlier row.
         moved = [
             r[0]
             for r in self.conn.execute(
-                "SELECT DISTINCT older.subscriber_key FROM notifications AS older"
-                " JOIN notifications AS newer ON newer.subscriber_key = older.subscriber_key"
-                " AND newer.batch_id = ? AND newer.channel = 'email' AND newer.status NOT IN ('invalid', 'expired')"
-                " WHERE older.batch_id < ? AND older.channel = 'email' AND older.status = 'pending'"
-                " AND older.address != newer.address",
+                "SELECT DISTINCT older.subscriber_key FROM notifications AS older INDEXED BY notifications_pending"
+                " WHERE older.status = 'pending' AND older.channel = 'email' AND older.batch_id < ?"
+                " AND EXISTS (SELECT 1 FROM notifications AS newer WHERE newer.batch_id = ?"
+                "  AND newer.channel = 'email' AND newer.subscriber_key = older.subscriber_key"
+                "  AND newer.status NOT IN ('invalid', 'expired') AND newer.address != older.address)",
                 (batch_id, batch_id),
             )
         ]
