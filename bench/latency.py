@@ -32,6 +32,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 MCNOTIFY = [sys.executable, "-m", "mcnotify"]
 QUERY = (
     "SELECT notification_id, template, subscriber_key, email, phone, sender_name, event_id, created_at"
@@ -41,20 +42,10 @@ KNOWN_MEMBERS = 400
 
 
 def start_sandbox(workdir: Path, latency_ms: float, import_lag: float) -> tuple[subprocess.Popen[str], str, str]:
-    command = [*MCNOTIFY, "sandbox", "--workdir", str(workdir), "--latency-ms", str(latency_ms)]
-    proc = subprocess.Popen(
-        [*command, "--import-lag", str(import_lag)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    config = workdir / "config.toml"
-    deadline = time.monotonic() + 30
-    while not (config.exists() and "[templates." in config.read_text()):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the sandbox did not start")
-        time.sleep(0.1)
-    text = config.read_text()
+    """bench/run.py's sandbox, and the URL its config points at."""
+    from run import start_sandbox as start  # bench/run.py, beside this file
+
+    proc, text = start(workdir, latency_ms, import_lag)
     url = next(line.split('"')[1] for line in text.splitlines() if line.startswith("auth_url"))
     return proc, text, url
 

@@ -64,9 +64,11 @@ def watch_worker_rss(stop: threading.Event, peak: list[int]) -> None:
             peak[0] = max(peak[0], int(hwm.split()[1]) // 1024)
 
 
-def start_sandbox(workdir: Path, latency_ms: float) -> tuple[subprocess.Popen[str], str]:
+def start_sandbox(workdir: Path, latency_ms: float, import_lag: float = 0.5) -> tuple[subprocess.Popen[str], str]:
+    """The sandbox as its own process; returns it and the config it wrote."""
+    command = [*MCNOTIFY, "sandbox", "--workdir", str(workdir), "--latency-ms", str(latency_ms)]
     proc = subprocess.Popen(
-        [*MCNOTIFY, "sandbox", "--workdir", str(workdir), "--latency-ms", str(latency_ms), "--import-lag", "0.5"],
+        [*command, "--import-lag", str(import_lag)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
