@@ -30,12 +30,15 @@ def open_context(
     dry_run: bool = False,
     lock: bool = True,
     progress: Callable[[str], None] | None = None,
+    meter: Callable[[str, int, int], None] | None = None,
 ) -> Iterator[Context]:
     path = settings.state_path
     store = StateStore(path, memory=dry_run and not path.exists(), read_only=dry_run)
     ctx = Context(settings, store, dry_run=dry_run)
     if progress:
         ctx.progress = progress
+    if meter:
+        ctx.meter = meter
     try:
         if lock and not dry_run:
             store.lock()
@@ -59,8 +62,9 @@ def execute(
     *,
     dry_run: bool = False,
     progress: Callable[[str], None] | None = None,
+    meter: Callable[[str, int, int], None] | None = None,
 ) -> T:
-    with open_context(settings, dry_run=dry_run, progress=progress) as ctx:
+    with open_context(settings, dry_run=dry_run, progress=progress, meter=meter) as ctx:
         if dry_run:
             return _state_errors(settings, lambda: action(ctx))
         run_id = ctx.store.run_started(command)

@@ -197,6 +197,26 @@ def test_an_email_changed_in_a_later_batch_goes_to_the_newest_address(env: Env, 
     assert env.sandbox.account.subscribers["m-1"] == "new@example.com"
 
 
+def test_an_email_changed_during_its_import_does_not_wait_for_the_next_one(env: Env, app_db: Any) -> None:
+    """The first email goes out when the import carrying its address completes; only the second waits for the
+    import of the new address (one import each, not two for the first)."""
+    triggered(env)
+    app_db([(1, "envelope-received", "m-1", "old@example.com", "0912345678", "Luffy", "Nami", 8)])
+    assert run_cli(env.config, "sync").exit_code == 0  # batch 1 uploaded, its import running
+    app_db([(2, "envelope-received", "m-1", "new@example.com", "0912345678", "Zoro", "Nami", 9)])
+    assert run_cli(env.config, "sync").exit_code == 0  # claimed while batch 1 imports
+    assert run_cli(env.config, "wait-import").exit_code == 0
+    assert run_cli(env.config, "send-email").exit_code == 0
+    assert per_contact(env) == {("red-envelope-received", "m-1", "old@example.com"): 1}
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert statuses(env) == {"sent": 2}
+    assert per_contact(env) == {
+        ("red-envelope-received", "m-1", "old@example.com"): 1,
+        ("red-envelope-received", "m-1", "new@example.com"): 1,
+    }
+    assert env.sandbox.account.subscribers["m-1"] == "new@example.com"
+
+
 # -- Ctrl-C during triggered sends ---------------------------------------------------------------------------------
 def test_ctrl_c_during_triggered_sends_loses_nothing(env: Env, app_db: Any) -> None:
     triggered(env)

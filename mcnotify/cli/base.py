@@ -65,6 +65,8 @@ def main_options(
     from mcnotify import logs
 
     _state["config"], _state["quiet"] = config, quiet
+    # A progress bar only where someone watches: a terminal, normal verbosity, no JSON lines.
+    _state["bars"] = err.is_terminal and not quiet and not verbose and not log_json
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     terminal = RichHandler(console=err, show_path=False, show_level=False, markup=False, rich_tracebacks=False)
     _state["redactor"] = logs.setup(
@@ -106,11 +108,53 @@ def _use_secrets(settings: Settings) -> None:
     logs.set_secrets(_state.get("redactor"), settings.secrets)
 
 
+class TerminalMeter:
+    """Progress bars on the terminal for long steps (claims, sends), started at the first report and removed
+    when the command ends; the journal gets the periodic progress lines instead."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self.bars is None:
+            self.bars = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bars.start()
+        if task not in self.tasks:
+            self.tasks[task] = self.bars.add_task(task, total=total or None)
+        self.bars.update(self.tasks[task], completed=done, total=total or None)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+
+
+def run_with_meter(fn: Callable[[Callable[[str, int, int], None] | None], T]) -> T:
+    """Call fn with a terminal progress meter when bars are wanted (else None), and always remove the bars."""
+    meter = TerminalMeter(err) if _state.get("bars") else None
+    try:
+        return _guard(lambda: fn(meter))
+    finally:
+        if meter is not None:
+            meter.close()
+
+
 def _run(command: str, action: Callable[[Context], T], dry_run: bool) -> T:
     from mcnotify.runner import execute
 
     settings = _settings()
-    return _guard(lambda: execute(settings, command, action, dry_run=dry_run))
+    return run_with_meter(lambda meter: execute(settings, command, action, dry_run=dry_run, meter=meter))
 
 
 # -- rendering ------------------------------------------------------------------------------------------------

@@ -362,12 +362,8 @@ class StateStore:
     _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status NOT IN ('invalid', 'expired')"
 
     def resolve_email_conflicts(self, batch_id: int) -> list[str]:
-        """MC keeps one email per subscriber key, and the newest one wins.
-
-        Within the batch, the newest row's email becomes every row's. Across batches, an email notification of an
-        earlier batch still pending for an older address moves into this batch with the newest address: its own
-        import is done, and once this batch's import lands, MC holds only the new address (a send to the old one
-        would be refused for good). Returns the subscriber keys whose address changed."""
+        """MC keeps one email per subscriber key, and the newest one wins: within the batch (one subscriber file),
+        the newest row's email becomes every row's. Returns the subscriber keys whose address changed."""
         keys = [
             r[0]
             for r in self.conn.execute(
@@ -387,6 +383,14 @@ class StateStore:
                 f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, *chunk),
             )
+        return keys
+
+    def adopt_older_pending_emails(self, batch_id: int) -> list[str]:
+        """Run just before this batch's subscriber file goes up (no import is in flight then). An email of an
+        earlier batch still pending for an older address moves into this batch with the newest address: once this
+        import lands MC holds only the new one, and a send to the old would be refused. Done at upload, not at
+        claim, so an email whose own import is still running goes to the address MC gets from it as soon as that
+        import completes, instead of waiting for the next one too. Returns the subscriber keys moved."""
         # Driven from the (few) pending emails of earlier batches, through the partial index of pending rows,
         # each looked up in this batch by key: never a scan of this batch against every earlier row.
         moved = [
@@ -412,7 +416,7 @@ class StateStore:
                 f" AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, time.time(), batch_id, batch_id, *chunk),
             )
-        return sorted(set(keys) | set(moved))
+        return sorted(moved)
 
     # An email MC can take now: its subscriber key is in the ledger with this very address.
     _KNOWN = (

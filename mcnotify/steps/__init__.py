@@ -33,11 +33,16 @@ def _log(line: str) -> None:
     logging.getLogger("mcnotify").info(line)
 
 
+def _no_meter(task: str, done: int, total: int) -> None:
+    """Where a long step reports done/total as it goes; the CLI draws a progress bar on a terminal."""
+
+
 @dataclass
 class Context:
     settings: Settings
     store: StateStore
     progress: Callable[[str], None] = _log
+    meter: Callable[[str, int, int], None] = _no_meter  # (task, done, total; 0 = total unknown)
     sleep: Callable[[float], None] = _sleep
     dry_run: bool = False  # a preview: the store is read-only and MC and SFTP refuse to act
     _client: McClient | None = field(default=None, repr=False)

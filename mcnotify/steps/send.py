@@ -209,6 +209,9 @@ def _run_pool(
                 report.calls += 1
                 throttle.succeeded()
                 _tally(report, outcomes)
+            if done:
+                handled = report.sent + report.failed + report.unknown + report.requeued - report.started_at[0]
+                ctx.meter(f"send-{report.channel}", handled, report.total)
             if time.monotonic() - last_progress >= PROGRESS_EVERY:
                 last_progress = time.monotonic()
                 handled = report.sent + report.failed + report.unknown + report.requeued - report.started_at[0]

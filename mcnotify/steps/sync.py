@@ -496,6 +496,7 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
                     store.set_meta(WATERMARK, cursor_value(top))
             if fresh:
                 ctx.progress(f"sync: claimed {report.new_rows} notifications into batch {batch_id}")
+                ctx.meter("sync: claimed", report.new_rows, 0)
             ctx.check_stop()
     finally:
         source.close()
@@ -524,6 +525,15 @@ def write_csv(rows: Iterable[tuple[str, str]], out: io.TextIOBase | Any) -> int:
 
 def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
     store, sftp_section = ctx.store, ctx.settings.section("sftp")
+    with store.transaction():
+        moved = store.adopt_older_pending_emails(batch_id)
+        if moved:
+            batch = store.batch(batch_id)
+            store.update_batch(batch_id, conflicts=(batch.conflicts if batch else 0) + len(moved))
+    if moved:
+        shown = ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else "")
+        ctx.progress(f"sync: {len(moved)} older pending email(s) now go to a newer address in batch {batch_id}: {shown}")
+        report.conflicts += len(moved)
     # Written before anything else, so one pass over the batch both counts and writes the subscribers.
     fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
     try:
