@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # a required service stayed unreachable after retries
+EXIT_REFUSED = 65  # MC refused notifications for good (everything else in the run finished)
 EXIT_TEMPORARY = 75  # try again later: lock held, import still pending
 EXIT_CONFIG = 78
 
@@ -30,6 +31,13 @@ class LockHeld(TemporaryError):
 
 class ImportPending(TemporaryError):
     pass
+
+
+class NotificationsRefused(McnotifyError):
+    """MC refused some notifications for good (no such definition, a bad address MC will not take): the run
+    finished everything else, then ends with this so that OnFailure= and the alert hooks fire."""
+
+    exit_code = EXIT_REFUSED
 
 
 class DryRunRefused(McnotifyError):

@@ -20,12 +20,43 @@ def _duration(step: dict[str, Any] | None) -> float | None:
     return round(float(step["finished_at"]) - float(step["started_at"]), 3)
 
 
-def batch_view(store: StateStore, batch_id: int) -> dict[str, Any] | None:
+def process_alive(host: str | None, pid: Any) -> bool | None:
+    """Whether a process recorded in the state still runs: checkable on this host only (None elsewhere)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's process
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def someone_runs(store: StateStore) -> bool:
+    """Whether a recorded, unfinished run may still be at work (a step marked running may really be running)."""
+    return any(process_alive(r["host"], r["pid"]) is not False for r in store.runs(limit=20, result="running"))
+
+
+GONE = "its process ended without recording how (killed?)"
+
+
+def batch_view(store: StateStore, batch_id: int, running: bool | None = None) -> dict[str, Any] | None:
+    """`running`: whether a run may be at work now (someone_runs); a step marked running without one shows as
+    interrupted instead of counting its duration up for ever."""
     batch = store.batch(batch_id)
     if batch is None:
         return None
     counts = store.counts(batch_id)
     steps = store.steps(batch_id)
+    if running is None:
+        running = someone_runs(store)
+    if not running:
+        for step in steps.values():
+            if step["status"] == "running":
+                step.update(status="interrupted", detail=GONE)
     channels: dict[str, dict[str, int]] = {}
     for (channel, status), n in counts.items():
         channels.setdefault(channel or "unknown-template", {})[status] = n
@@ -80,17 +111,7 @@ def follower_view(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     process is alive (checkable on this host only; None elsewhere)."""
     if not meta:
         return None
-    alive: bool | None = None
-    if meta.get("stopped"):
-        alive = False
-    elif meta.get("host") == socket.gethostname():
-        try:
-            os.kill(int(meta["pid"]), 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True  # it exists, as another user's process
+    alive = False if meta.get("stopped") else process_alive(meta.get("host"), meta.get("pid"))
     return {**meta, "alive": alive}
 
 
@@ -98,7 +119,8 @@ def status(store: StateStore, limit: int = 10, templates: Mapping[str, Template]
     totals: dict[str, int] = {}
     for (_, status_name), n in store.counts().items():
         totals[status_name] = totals.get(status_name, 0) + n
-    batches = [v for b in store.batches(limit=limit) if (v := batch_view(store, b.id))]
+    running = someone_runs(store)
+    batches = [v for b in store.batches(limit=limit) if (v := batch_view(store, b.id, running))]
     runs = store.runs(limit=5)
     unknown = store.unknown_reasons()
     held: dict[str, int] = {}

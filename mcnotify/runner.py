@@ -5,6 +5,7 @@ A dry run opens no lock, records no run and, when no state file exists yet, work
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from mcnotify import hooks
 from mcnotify.config import Settings
-from mcnotify.errors import McnotifyError
+from mcnotify.errors import EXIT_TEMPORARY, LockHeld, McnotifyError
 from mcnotify.redact import scrub
 from mcnotify.state import StateStore
 from mcnotify.steps import Context
@@ -41,11 +42,35 @@ def open_context(
         ctx.meter = meter
     try:
         if lock and not dry_run:
-            store.lock()
+            try:
+                store.lock()
+            except LockHeld as exc:
+                raise LockHeld(_lock_holder(store) or str(exc)) from None
+            # Steps left "running" by a process that was killed: nobody else holds the lock, so none runs now.
+            with store.transaction():
+                store.end_running_steps("interrupted", "its process ended without recording how (killed?)")
         yield ctx
     finally:
         ctx.close()
         store.close()
+
+
+def _lock_holder(store: StateStore) -> str | None:
+    """Who holds the run lock, from the runs it recorded (newest unfinished one whose process may live)."""
+    from mcnotify.report import process_alive
+
+    try:
+        unfinished = store.runs(limit=20, result="running")
+    except (sqlite3.Error, McnotifyError):
+        return None
+    for run in unfinished:
+        if process_alive(run["host"], run["pid"]) is not False:
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run["started_at"]))
+            return (
+                f"another run holds the lock on {store.path}: {run['command']}, pid {run['pid']} on {run['host']},"
+                f" since {since}; nothing done, the next run goes ahead"
+            )
+    return f"another run holds the lock on {store.path} (it has not recorded itself yet); nothing done"
 
 
 def _counts(result: Any) -> dict[str, Any]:
@@ -79,8 +104,19 @@ def execute(
             raise
         counts = _counts(result)
         counts["seconds"] = round(time.monotonic() - started, 3)
-        _finish(ctx, run_id, command, 0, None, counts)
+        # A run that finished its work can still have failed (MC refused notifications for good, one channel
+        # gave up): recorded and alerted with its own exit code; the CLI renders the report, then exits with it.
+        problem = verdict(result)
+        code = problem.exit_code if problem else 0
+        _finish(ctx, run_id, command, code, scrub(str(problem), settings.secrets) if problem else None, counts)
         return result
+
+
+def verdict(result: Any) -> McnotifyError | None:
+    """The failure a finished step's report carries (its `failure()`), or None."""
+    failure = getattr(result, "failure", None)
+    problem = failure() if callable(failure) else None
+    return problem if isinstance(problem, McnotifyError) else None
 
 
 def _state_errors(settings: Settings, fn: Callable[[], T]) -> T:
@@ -96,6 +132,14 @@ def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | Non
         # The file is no longer ours (deleted, emptied, replaced): writing the run into it would damage it.
         logging.getLogger(__name__).warning("run not recorded: the state file is no longer the one opened")
     else:
+        if code not in (0, EXIT_TEMPORARY):
+            # A step the failure cut short shows how it ended, not "running" for ever.
+            ended = "stopped" if code in (130, 143) else "failed"
+            with (
+                contextlib.suppress(sqlite3.Error, McnotifyError),
+                ctx.store.transaction(),
+            ):  # (the failure may be the state)
+                ctx.store.end_running_steps(ended, error or f"exit code {code}")
         ctx.store.run_finished(run_id, code, error, counts)
     try:
         hooks.run_finished(ctx.settings, ctx.store, command, code, error)

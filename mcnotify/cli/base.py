@@ -14,7 +14,7 @@ from rich.console import Console
 
 from mcnotify import __version__
 from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, load
-from mcnotify.errors import EXIT_FAILURE, McnotifyError
+from mcnotify.errors import EXIT_FAILURE, EXIT_TEMPORARY, McnotifyError
 from mcnotify.redact import scrub
 
 if TYPE_CHECKING:  # the steps pull in requests, paramiko, phonenumbers: import them only when used
@@ -75,7 +75,15 @@ def main_options(
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"mcnotify: error: {scrub(message, _state['secrets'])}", markup=False)
+    """The last line: an error, or a notice for "try again later" (exit 75: a held lock, a pending import), with
+    its syslog priority when journald reads stderr (`journalctl -p err` finds every failure)."""
+    from mcnotify import logs
+
+    notice = code == EXIT_TEMPORARY
+    text = f"mcnotify: {'' if notice else 'error: '}{scrub(message, _state['secrets'])}"
+    if logs.log_format(False, sys.stderr) == "journal":
+        text = f"<{5 if notice else 3}>{text}"
+    err.print(text, markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -148,6 +156,16 @@ def run_with_meter(fn: Callable[[Callable[[str, int, int], None] | None], T]) ->
     finally:
         if meter is not None:
             meter.close()
+
+
+def exit_with_verdict(report: Any) -> None:
+    """After a report is rendered: exit with the failure it carries (refused notifications, a channel that
+    gave up), which the run record and the alert hooks already have."""
+    from mcnotify.runner import verdict
+
+    problem = verdict(report)
+    if problem is not None:
+        _fail(str(problem), problem.exit_code)
 
 
 def _run(command: str, action: Callable[[Context], T], dry_run: bool) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -42,11 +42,18 @@ def history(
             str(r["pid"]),
             _when(r["started_at"]),
             _secs(took),
-            "running" if r["exit_code"] is None else str(r["exit_code"]),
+            str(r["exit_code"]) if r["exit_code"] is not None else _unfinished(r),
             counts,
             r["error"] or "",
         )
     out.print(table)
+
+
+def _unfinished(run: dict[str, Any]) -> str:
+    """An unfinished run: still running, or its process is gone without recording how it ended."""
+    from mcnotify.report import process_alive
+
+    return "gone (killed?)" if process_alive(run["host"], run["pid"]) is False else "running"
 
 
 @app.command()

@@ -22,6 +22,7 @@ from mcnotify.cli.base import (
     _use_secrets,
     app,
     config_app,
+    exit_with_verdict,
     out,
 )
 from mcnotify.cli.render import _render_follow, _render_run_all, _render_send, _render_sync, _render_wait, render_status
@@ -51,7 +52,9 @@ def send_email(dry_run: DryRun = False) -> None:
     """Send the pending emails of every batch whose import completed."""
     from mcnotify.steps import send
 
-    _render_send(_run("send-email", lambda ctx: send.run(ctx, "email", dry_run=dry_run), dry_run), dry_run)
+    report = _run("send-email", lambda ctx: send.run(ctx, "email", dry_run=dry_run), dry_run)
+    _render_send(report, dry_run)
+    exit_with_verdict(report)
 
 
 @app.command("send-sms")
@@ -59,7 +62,9 @@ def send_sms(dry_run: DryRun = False) -> None:
     """Send the pending SMS of every imported batch."""
     from mcnotify.steps import send
 
-    _render_send(_run("send-sms", lambda ctx: send.run(ctx, "sms", dry_run=dry_run), dry_run), dry_run)
+    report = _run("send-sms", lambda ctx: send.run(ctx, "sms", dry_run=dry_run), dry_run)
+    _render_send(report, dry_run)
+    exit_with_verdict(report)
 
 
 @app.command("run-all")
@@ -80,7 +85,9 @@ def run_all(
         return
     from mcnotify.steps import run_all as step
 
-    _render_run_all(_run("run-all", lambda ctx: step.run(ctx, dry_run=dry_run, wait=not no_wait), dry_run), dry_run)
+    report = _run("run-all", lambda ctx: step.run(ctx, dry_run=dry_run, wait=not no_wait), dry_run)
+    _render_run_all(report, dry_run)
+    exit_with_verdict(report)
 
 
 @app.command()
@@ -101,6 +108,10 @@ def config_check(json_out: JsonOut = False) -> None:
     from mcnotify.source import max_age_note
 
     settings = _settings()
+    if settings.section("sftp")["key_file"]:
+        from mcnotify.mc.sftp import load_key
+
+        _guard(lambda: load_key(settings.section("sftp")))  # a key that cannot be used is a config error
     data = settings.redacted()
     note = max_age_note(settings.section("source"))
     if json_out:

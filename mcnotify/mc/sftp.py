@@ -41,7 +41,31 @@ def _stoppable(section: Mapping[str, Any], what: str, work: Callable[[list[param
     return stop.run(lambda: work(clients), what=f"{what} {section['host']}", abandon=abandon)
 
 
+def load_key(section: Mapping[str, Any]) -> paramiko.PKey | None:
+    """The login key from [sftp] key_file, or None without one. A key that is missing, unreadable, not a key or
+    locked by a wrong passphrase is a configuration error naming the file: retrying cannot cure it."""
+    if not section["key_file"]:
+        return None
+    path = Path(section["key_file"]).expanduser()
+    try:
+        return paramiko.PKey.from_path(path, password=section["key_passphrase"] or None)
+    except FileNotFoundError:
+        raise ConfigError(f"[sftp] key_file {path}: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"[sftp] key_file {path}: permission denied (mcnotify's user must read it)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"[sftp] key_file {path}: is a directory, not a private key") from None
+    except paramiko.PasswordRequiredException:
+        raise ConfigError(f"[sftp] key_file {path} is encrypted: set [sftp] key_passphrase") from None
+    except (paramiko.SSHException, ValueError, UnicodeError, TypeError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ConfigError(f"[sftp] key_file {path} is not a private key mcnotify can use ({reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"[sftp] key_file {path}: {exc.strerror or exc}") from None
+
+
 def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> paramiko.SSHClient:
+    key = load_key(section)  # before any connection: a bad key is not an outage
     known_hosts = Path(section["known_hosts"]).expanduser()
     if not known_hosts.is_file():
         raise ConfigError(f"[sftp] known_hosts file not found: {known_hosts}")
@@ -65,8 +89,7 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
                 port=port,
                 username=section["username"],
                 password=section["password"] or None,
-                key_filename=section["key_file"] or None,
-                passphrase=section["key_passphrase"] or None,
+                pkey=key,
                 timeout=timeout,
                 banner_timeout=timeout,
                 auth_timeout=timeout,

@@ -319,6 +319,18 @@ class StateStore:
             (batch_id, step, status, now, now, detail),
         )
 
+    def end_running_steps(self, status: str, detail: str, batch_id: int | None = None) -> int:
+        """Close the steps still marked running (of one batch, or all): the process that ran them ended, or the
+        batch was skipped. Only the lock holder calls this, so no other process is running a step."""
+        now = time.time()
+        where, args = (
+            ("status = 'running'", []) if batch_id is None else ("status = 'running' AND batch_id = ?", [batch_id])
+        )
+        cur = self.conn.execute(
+            f"UPDATE steps SET status = ?, finished_at = ?, detail = ? WHERE {where}", (status, now, detail, *args)
+        )
+        return cur.rowcount
+
     def steps(self, batch_id: int) -> dict[str, dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM steps WHERE batch_id = ?", (batch_id,))
         return {r["step"]: dict(r) for r in rows}

@@ -75,6 +75,8 @@ class Follower:
         self.outage: _Outage | None = None
         self.backoff = self.poll
         self.waiting_for = "new rows"
+        self.refused_alert_at = -float("inf")
+        self.refused_since_alert: dict[str, int] = {}
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self) -> FollowReport:
@@ -118,8 +120,9 @@ class Follower:
         # Only this process changes the state while it holds the lock: with nothing claimed and no import
         # completed since the last full pass, there is nothing new to send (a quiet source costs next to no CPU).
         self.dirty = self.dirty or synced.new_rows > 0
+        deferred: list[BaseException] = []  # a channel that failed: the other still goes, then the cycle fails
         if not self.sms_waits and self.dirty:
-            self._send("sms")
+            self._send("sms", deferred)
         now = self.clock()
         was_importing = ctx.store.batches("importing")
         if was_importing and now - self.last_import_poll >= self.import_poll:
@@ -130,10 +133,12 @@ class Follower:
         if was_importing and not importing:
             self.dirty = True  # the import released its emails (and, if they wait, the SMS)
         if self.dirty:
-            self._send("email")
+            self._send("email", deferred)
             if self.sms_waits:
-                self._send("sms")
+                self._send("sms", deferred)
             self.dirty = False
+        if deferred:
+            raise deferred[0]
         if importing:
             task = importing[0].import_task_id or "?"
             self.waiting_for = f"MC import of batch {importing[0].id} (task {task})"
@@ -142,11 +147,36 @@ class Follower:
         # A full claim, or an import that just completed (the next file can go up at once): no pause.
         return synced.new_rows >= self.batch_limit or bool(was_importing and not importing)
 
-    def _send(self, channel: str) -> None:
-        result = send.run(self.ctx, channel)
+    def _send(self, channel: str, deferred: list[BaseException]) -> None:
+        try:
+            result = send.run(self.ctx, channel)
+        except (Stopped, ConfigError, StateFileLost):
+            raise
+        except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
+            deferred.append(exc)
+            return
         self.report.sent[channel] += result.sent
         self.report.failed[channel] += result.failed
         self.report.unknown += result.unknown
+        if result.failed:
+            self._refused(channel, result.failed)
+
+    def _refused(self, channel: str, count: int) -> None:
+        """MC refused notifications for good: alert at once, then at most once per alerts.after with the count
+        since the last alert (the follower goes on; `status` lists them)."""
+        self.refused_since_alert[channel] = self.refused_since_alert.get(channel, 0) + count
+        now = self.clock()
+        if now - self.refused_alert_at < self.alert_after:
+            return
+        self.refused_alert_at = now
+        counts = ", ".join(f"{n} {ch}" for ch, n in sorted(self.refused_since_alert.items()))
+        self.refused_since_alert = {}
+        hooks.alert(
+            self.ctx.settings,
+            f"mcnotify follower on {socket.gethostname()}: MC refused notifications for good",
+            f"{counts} notification(s) refused; `mcnotify status` and `mcnotify show <batch>` give the reasons,"
+            " `mcnotify retry` sends them again once fixed. The follower carries on.",
+        )
 
     # -- failures -------------------------------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:

@@ -57,5 +57,6 @@ def skip(ctx: Context, batch_id: int, reason: str) -> RepairReport:
             (f"skipped by an operator: {reason}", time.time(), batch_id),
         )
         store.update_batch(batch_id, status="done")
+        store.end_running_steps("skipped", f"skipped by an operator: {reason}", batch_id=batch_id)
         store.step_finished(batch_id, "skip", "done", reason)
     return RepairReport(batch_id, cur.rowcount, f"{cur.rowcount} notification(s) skipped; batch {batch_id} done")

@@ -1,13 +1,20 @@
 """run-all: the chain sync -> wait-import -> send-email -> send-sms, each gated by the state file.
 
 Every step resumes whatever an earlier run left half done, so a crash anywhere is repaired by the next run.
+The channels fail independently: when one channel's API gives up, the other still sends, and the run ends with
+the first failure after reporting each step.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from mcnotify.errors import DryRunRefused, McnotifyError, Stopped
+from mcnotify.state.store import StateFileLost
 from mcnotify.steps import Context, send, sync, wait_import
+
+log = logging.getLogger("mcnotify")
 
 
 @dataclass
@@ -15,6 +22,34 @@ class RunAllReport:
     syncs: list[sync.SyncReport] = field(default_factory=list)
     waits: list[wait_import.WaitReport] = field(default_factory=list)
     sends: list[send.SendReport] = field(default_factory=list)
+    errors: list[tuple[str, McnotifyError]] = field(default_factory=list)  # (step, why it gave up)
+
+    def failure(self) -> McnotifyError | None:
+        """The run's verdict once every step has had its go: the first step that gave up sets the exit code;
+        notifications MC refused for good make it fail too (EXIT_REFUSED)."""
+        refusals = [p for r in self.sends if (p := r.failure()) is not None]
+        problems = [exc for _, exc in self.errors] + refusals
+        if not problems:
+            return None
+        texts = [f"{step}: {exc}" for step, exc in self.errors] + [str(p) for p in refusals]
+        verdict = McnotifyError("; ".join(texts))
+        verdict.exit_code = problems[0].exit_code
+        return verdict
+
+
+def send_channel(
+    ctx: Context, channel: str, dry_run: bool, errors: list[tuple[str, McnotifyError]]
+) -> send.SendReport | None:
+    """One channel's sends; a failure of its API is recorded, not raised, so that the other channel still goes.
+    A stop request, a lost state file or a refused dry run end everything at once."""
+    try:
+        return send.run(ctx, channel, dry_run=dry_run)
+    except (Stopped, StateFileLost, DryRunRefused):
+        raise
+    except McnotifyError as exc:
+        log.error("send-%s: %s; the other channel carries on", channel, exc)
+        errors.append((f"send-{channel}", exc))
+        return None
 
 
 def _chain(ctx: Context, report: RunAllReport, dry_run: bool, wait: bool) -> sync.SyncReport:
@@ -23,12 +58,14 @@ def _chain(ctx: Context, report: RunAllReport, dry_run: bool, wait: bool) -> syn
     sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
     if not sms_waits:  # SMS need no subscriber import: they go before the wait, not after it
         ctx.check_stop()
-        report.sends.append(send.run(ctx, "sms", dry_run=dry_run))
+        if sent := send_channel(ctx, "sms", dry_run, report.errors):
+            report.sends.append(sent)
     ctx.check_stop()
     report.waits.append(wait_import.run(ctx, dry_run=dry_run, wait=wait))
     for channel in ("email", "sms") if sms_waits else ("email",):
         ctx.check_stop()
-        report.sends.append(send.run(ctx, channel, dry_run=dry_run))
+        if sent := send_channel(ctx, channel, dry_run, report.errors):
+            report.sends.append(sent)
     return synced
 
 
@@ -40,7 +77,7 @@ def run(ctx: Context, dry_run: bool = False, wait: bool = True) -> RunAllReport:
     blocked_before = False
     while True:
         synced = _chain(ctx, report, dry_run, wait)
-        if dry_run:
+        if dry_run or report.errors:
             return report
         if synced.blocked and not blocked_before:
             # An earlier batch's import held up sync; it has now been waited for and sent, so go again.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mcnotify import stop
-from mcnotify.errors import McnotifyError
+from mcnotify.errors import McnotifyError, NotificationsRefused
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
@@ -47,6 +47,17 @@ class SendReport:
     note: str = ""
     samples: list[dict[str, Any]] = field(default_factory=list)
     held: dict[str, int] = field(default_factory=dict)  # template the config no longer has -> rows kept pending
+
+    def failure(self) -> McnotifyError | None:
+        """What makes this run a failure once it has finished: notifications MC refused for good."""
+        if not self.failed:
+            return None
+        where = ", ".join(map(str, self.batches)) or "?"
+        return NotificationsRefused(
+            f"send-{self.channel}: MC refused {self.failed} notification(s) for good in batch {where};"
+            f" `mcnotify show {self.batches[-1] if self.batches else '<batch>'}` gives the reasons,"
+            " `mcnotify retry` sends them again once fixed"
+        )
 
 
 # Batches whose claim is complete (conflicts resolved): SMS may go from here on, unless told to wait.
@@ -400,7 +411,7 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
                 f", {requeued} waiting for MC to import their subscriber" if requeued else ""
             )
             with store.transaction():
-                store.step_finished(batch.id, step, "done", summary)
+                store.step_finished(batch.id, step, "failed" if failed else "done", summary)
             ctx.progress(f"{step}: batch {batch.id}: {summary}")  # the log's last word on the batch
         if batch.status == "imported" and store.open_work(batch.id) == 0:
             with store.transaction():
