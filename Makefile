@@ -19,9 +19,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check mcnotify tests $(wildcard bench)
-	$(BIN)/ruff format --check mcnotify tests $(wildcard bench)
-	$(BIN)/mypy mcnotify tests
+	$(BIN)/ruff check mcnotify tests scripts $(wildcard bench)
+	$(BIN)/ruff format --check mcnotify tests scripts $(wildcard bench)
+	$(BIN)/mypy mcnotify tests scripts/build_dist.py
 
 bench: $(STAMP)
 	test -f bench/run.py && $(BIN)/python bench/run.py
@@ -30,15 +30,19 @@ bench: $(STAMP)
 bench-latency: $(STAMP)
 	$(BIN)/python bench/latency.py --burst 100000 --quiet-seconds 60
 
-# One executable file: the package and its dependencies in a zipapp (shiv). It unpacks itself once into
-# $$SHIV_ROOT (default ~/.shiv; the systemd units set it to the unit's CacheDirectory).
+# One executable file: the package and its dependencies in a zipapp (shiv), pinned to the Python that built it
+# (its compiled dependencies load nowhere else): the shebang names pythonX.Y, and any other Python is refused
+# with one line (exit 78). It unpacks itself once into $$SHIV_ROOT (the systemd units set it to the unit's
+# CacheDirectory); unset, into ~/.shiv, else $$XDG_CACHE_HOME/mcnotify, $$CACHE_DIRECTORY, $$RUNTIME_DIRECTORY
+# or a private /tmp/mcnotify-shiv-UID. DIST_SHEBANG='/usr/bin/python3.11' pins an absolute path instead.
+DIST_SHEBANG ?=
 dist: $(STAMP)
 	rm -rf dist build
 	mkdir -p dist
-	$(BIN)/shiv --reproducible --compressed -q -e mcnotify.cli:main -p '/usr/bin/env python3' -o dist/mcnotify .
+	$(BIN)/python scripts/build_dist.py dist/mcnotify $(if $(DIST_SHEBANG),--shebang '$(DIST_SHEBANG)')
 	@ls -l dist/mcnotify
 
-# CI: the built file runs, and previews a real pipeline.
+# CI: the built file runs, refuses another Python, unpacks without a writable home, previews a real pipeline.
 dist-check: dist
 	sh scripts/dist_check.sh dist/mcnotify $(BIN)/python
 

@@ -6,6 +6,7 @@ Every mistake is reported as one line naming the key; the result is a frozen, va
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import logging
 import os
@@ -355,18 +356,77 @@ def _warn_if_readable(path: str, what: str) -> None:
         )
 
 
-def _read_secret_file(path: str, where: str, secret: bool) -> str:
+# Where credentials are found outside systemd (a shell, cron, `sudo -u mcnotify mcnotify status`): the same
+# folder the units' LoadCredential= lines read from, so one file serves every unit and every shell.
+CREDENTIALS_FALLBACK = Path("/etc/mcnotify/credentials")
+# The explicit ways to name a credential: `credential:NAME`, or `%d/NAME` as in a unit file (%d is systemd's
+# specifier for $CREDENTIALS_DIRECTORY). A bare relative name is a credential too, but see _credential_name.
+CREDENTIAL_PREFIXES = ("credential:", "%d/")
+
+
+def credential_dirs(environ: Mapping[str, str]) -> list[tuple[str, Path]]:
+    """Where a credential is looked for, in order, with how each place is named in errors.
+
+    $CREDENTIALS_DIRECTORY first (systemd sets it per unit, so a fixed /run/credentials/UNIT path would only work
+    in one unit), then the readable fallback folder (MCNOTIFY_CREDENTIALS_DIR, default /etc/mcnotify/credentials)."""
+    found: list[tuple[str, Path]] = []
+    if unit_dir := environ.get("CREDENTIALS_DIRECTORY"):
+        found.append((f"$CREDENTIALS_DIRECTORY ({unit_dir})", Path(unit_dir)))
+    fallback = environ.get("MCNOTIFY_CREDENTIALS_DIR") or str(CREDENTIALS_FALLBACK)
+    found.append((fallback, Path(fallback)))
+    return found
+
+
+def _credential_name(value: str) -> tuple[str, bool] | None:
+    """(name, explicit) when `value` names a credential rather than a path; None for a path.
+
+    Absolute paths and paths starting with `.` or `~` are paths. `explicit` is False for a bare relative name:
+    such a value may be the secret itself, pasted into the *_file key by mistake, so it is never shown."""
+    for prefix in CREDENTIAL_PREFIXES:
+        if value.startswith(prefix):
+            return value[len(prefix) :], True
+    if value.startswith(("/", ".", "~")):
+        return None
+    return value, False
+
+
+def resolve_file(value: str, where: str, environ: Mapping[str, str]) -> str:
+    """The path a `*_file` (or `[sftp] key_file`) value names: a path as written, a credential where it is found.
+
+    A credential missing from every place is a configuration error naming the credential and each place."""
+    named = _credential_name(value)
+    if named is None:
+        return str(Path(value).expanduser())
+    name, explicit = named
+    shown = f"credential {name!r}" if explicit else 'the credential (a bare name, not shown; write "credential:NAME")'
+    if not name or name.startswith("/") or ".." in Path(name).parts:
+        raise ConfigError(f"{where}: {shown} is not a credential name (a file name such as mc_client_secret)")
+    places = credential_dirs(environ)
+    for _, folder in places:
+        candidate = folder / name
+        if os.path.lexists(candidate):
+            return str(candidate)
+    unset = "" if "CREDENTIALS_DIRECTORY" in environ else " ($CREDENTIALS_DIRECTORY is not set)"
+    raise ConfigError(f"{where}: {shown} not found in {' nor '.join(label for label, _ in places)}{unset}")
+
+
+def _read_secret_file(value: str, where: str, secret: bool, environ: Mapping[str, str]) -> str:
+    path = resolve_file(value, where, environ)
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        content = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         # A relative "path" may be the secret itself, put in the *_file key by mistake: do not echo it.
-        shown = path if path.startswith(("/", ".")) else "the file it names (a relative path, not shown)"
-        raise ConfigError(f"{where}: cannot read {shown}: {exc.strerror}") from None
+        shown = path if value.startswith(("/", ".", "~", *CREDENTIAL_PREFIXES)) else "the file it names (not shown)"
+        hint = ""
+        if value.startswith("/run/credentials/") and exc.errno == errno.ENOENT:
+            # The old documented form: it only exists inside the one unit it names.
+            hint = f' (write "credential:{Path(value).name}" to find it in every unit and from a shell)'
+        raise ConfigError(f"{where}: cannot read {shown}: {exc.strerror}{hint}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: the file is not UTF-8 text") from None
     if secret:
         _warn_if_readable(path, where)
-    return value
+    return content
 
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -384,7 +444,9 @@ def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
                 break
 
 
-def _build_section(sec: str, schema: Mapping[str, Key], given: Mapping[str, Any], label: str) -> dict[str, Any]:
+def _build_section(
+    sec: str, schema: Mapping[str, Key], given: Mapping[str, Any], label: str, environ: Mapping[str, str]
+) -> dict[str, Any]:
     if not isinstance(given, Mapping):
         raise ConfigError(f"{label} must be a table")
     out: dict[str, Any] = {}
@@ -400,7 +462,7 @@ def _build_section(sec: str, schema: Mapping[str, Key], given: Mapping[str, Any]
         file_key = f"{key}_file"
         if file_key in given:
             file_path = _coerce(given[file_key], str, f"{label} {file_key}")
-            value = _read_secret_file(file_path, f"{label} {file_key}", spec.secret)
+            value = _read_secret_file(file_path, f"{label} {file_key}", spec.secret, environ)
         if value is None or value == "":
             if spec.required:
                 raise ConfigError(f"{where} is required")
@@ -456,7 +518,7 @@ def _secretish_values(data: Mapping[str, Any]) -> list[str]:
             elif isinstance(value, str | int | float) and not isinstance(value, bool):
                 text = str(value)
                 # A *_file key holds a path, shown in errors; unless it does not look like one (the secret itself?)
-                is_path = str(key).endswith("_file") and text.startswith(("/", "."))
+                is_path = str(key).endswith("_file") and text.startswith(("/", ".", "~", *CREDENTIAL_PREFIXES))
                 if _looks_secret(str(key)) and not is_path:
                     found.append(text)
                 found.extend(url_secrets(text))
@@ -467,28 +529,29 @@ def _secretish_values(data: Mapping[str, Any]) -> list[str]:
 
 def parse(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None, path: Path | None = None) -> Settings:
     data: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
-    _env_overrides(data, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    _env_overrides(data, env)
     try:
-        return _parse(data, path)
+        return _parse(data, path, env)
     except ConfigError as exc:
         # Belt and braces: the messages above never format a secret, and this makes sure none slips through.
         raise ConfigError(scrub(str(exc), _secretish_values(data))) from None
 
 
-def _parse(data: dict[str, Any], path: Path | None) -> Settings:
+def _parse(data: dict[str, Any], path: Path | None, environ: Mapping[str, str]) -> Settings:
     for sec in data:
         if sec not in SCHEMA and sec != "templates":
             hint = difflib.get_close_matches(sec, [*SCHEMA, "templates"], n=1)
             extra = f" (did you mean [{hint[0]}]?)" if hint else ""
             raise ConfigError(f"unknown section [{sec}]{extra}")
-    values = {sec: _build_section(sec, keys, data.get(sec, {}), f"[{sec}]") for sec, keys in SCHEMA.items()}
+    values = {sec: _build_section(sec, keys, data.get(sec, {}), f"[{sec}]", environ) for sec, keys in SCHEMA.items()}
 
     templates: dict[str, Template] = {}
     raw_templates = data.get("templates", {})
     if not isinstance(raw_templates, Mapping) or not raw_templates:
         raise ConfigError("[templates] needs at least one [templates.NAME] table")
     for name, body in raw_templates.items():
-        t = _build_section("templates", TEMPLATE_SCHEMA, body, f"[templates.{name}]")
+        t = _build_section("templates", TEMPLATE_SCHEMA, body, f"[templates.{name}]", environ)
         if t["from_name"]:
             _check_format(t["from_name"], f"[templates.{name}] from_name")
         templates[name] = Template(name, t["channel"], t["definition_key"], t["from_name"])
@@ -507,6 +570,8 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
         raise ConfigError("[source] query must use both %(after)s and %(limit)s")
 
     if sftp["key_file"]:
+        # The SFTP key lives with the other credentials: `credential:sftp_key` works in every unit and a shell.
+        sftp["key_file"] = resolve_file(sftp["key_file"], "[sftp] key_file", environ)
         _warn_if_readable(sftp["key_file"], "[sftp] key_file")
 
     secrets = [v for sec, keys in SCHEMA.items() for k, spec in keys.items() if spec.secret and (v := values[sec][k])]

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Smoke test of the single-file build: --version, start-up time, and a dry run against a sample source.
+# Smoke test of the single-file build: --version, the pinned Python, unpacking without a home, start-up time,
+# and a dry run against a sample source.
 set -eu
 exe=$1
 python=$2
@@ -7,6 +8,18 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export SHIV_ROOT="$work/shiv"
 "$exe" --version
+# Pinned to the Python that built it: the shebang names it, and any other is refused with one line, exit 78.
+want=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+head -n 1 "$exe" | grep -qx "#!.*python$want" || { echo "dist: shebang is not pinned to python$want" >&2; exit 1; }
+"$python" "$(dirname "$0")/build_dist.py" --stamp "$exe" "$work/other" --built-for 3.99
+rc=0
+"$python" "$work/other" --version 2> "$work/refused.txt" || rc=$?
+test "$rc" = 78 && test "$(wc -l < "$work/refused.txt")" = 1 && grep -q "built for Python 3.99" "$work/refused.txt" \
+    || { echo "dist: another Python was not refused with one line and exit 78 (rc $rc)" >&2; cat "$work/refused.txt" >&2; exit 1; }
+# No SHIV_ROOT and no writable home: it unpacks into a private folder in $TMPDIR instead of a traceback.
+mkdir "$work/tmp"
+env -u SHIV_ROOT -u XDG_CACHE_HOME HOME=/dev/null TMPDIR="$work/tmp" "$exe" --version
+test -d "$work/tmp/mcnotify-shiv-$(id -u)"
 "$python" - "$work" <<'PY'
 import sys
 from pathlib import Path

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from mcnotify.sandbox.demo import make_source
 from tests.helpers import run_cli
 
 
@@ -26,7 +25,8 @@ def test_sandbox_command_serves_a_real_run(tmp_path: Path) -> None:
         while not (config.exists() and "[templates." in config.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert config.exists(), proc.stderr.read() if proc.stderr and proc.poll() is not None else "no config written"
-        make_source(tmp_path / "app.sqlite")
+        # The printed config works as printed: the sandbox created the SQLite source it names.
+        assert (tmp_path / "app.sqlite").exists()
         text = config.read_text().replace("poll_interval = 0.5", "poll_interval = 0.1")
         config.write_text(text)
         result = run_cli(config, "run-all")
@@ -37,3 +37,24 @@ def test_sandbox_command_serves_a_real_run(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=10)
     assert "[marketing_cloud]" in out and "auth_url" in out
+    assert f"sample source {tmp_path / 'app.sqlite'} created with 39 notifications" in out
+
+
+def test_sandbox_keeps_a_source_already_in_its_folder(tmp_path: Path) -> None:
+    source = tmp_path / "app.sqlite"
+    source.write_bytes(b"")  # stands for the engineer's own data: never overwritten
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcnotify", "sandbox", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        config = tmp_path / "config.toml"
+        while not (config.exists() and "[templates." in config.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    assert f"source {source} kept as it was" in out and source.read_bytes() == b""

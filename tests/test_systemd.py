@@ -64,3 +64,38 @@ def test_cron_example_does_nothing_where_systemd_runs(tmp_path: Path) -> None:
     assert not marker.exists()  # "systemd" (the folder) is there: cron stands down
     subprocess.run(["sh", "-c", fake.replace(str(booted), str(tmp_path / "absent"))], check=True)
     assert marker.exists()
+
+
+def test_the_example_metrics_path_is_writable_in_every_unit() -> None:
+    import tomllib
+
+    example = (UNITS.parent / "config.example.toml").read_text()
+    # The example's (commented) textfile path, as an operator would uncomment it.
+    line = next(x for x in example.splitlines() if x.lstrip("# ").startswith("textfile ="))
+    textfile = Path(tomllib.loads(line.lstrip("# "))["textfile"])
+    for unit in sorted(UNITS.glob("*.service")):
+        text = unit.read_text()
+        assert "ProtectSystem=strict" in text
+        writable = [
+            Path(p.lstrip("-"))
+            for x in text.splitlines()
+            if x.startswith("ReadWritePaths=")
+            for p in x.split("=", 1)[1].split()
+        ]
+        assert textfile.parent in writable, unit.name
+
+
+def test_cron_logs_where_the_mcnotify_user_can_write() -> None:
+    cron = (UNITS / "mcnotify.cron").read_text()
+    line = next(x for x in cron.splitlines() if x.startswith("*/10"))
+    log = Path(line.split(">>")[1].split()[0])
+    # /var/log itself is root's: the log lives in a folder the README and the comment create for mcnotify.
+    assert log.parent != Path("/var/log") and f"install -d -o mcnotify -g mcnotify -m 0750 {log.parent}" in cron
+    assert "SHIV_ROOT=" in cron
+
+
+def test_units_using_on_success_say_which_systemd_they_need() -> None:
+    for unit in sorted(UNITS.glob("*.service")):
+        text = unit.read_text()
+        if "\nOnSuccess=" in text:
+            assert "OnSuccess= needs systemd >= 249" in text, unit.name

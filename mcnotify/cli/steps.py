@@ -149,16 +149,26 @@ def sandbox(
         latency=latency_ms / 1000,
         fault_rate=fault_rate,
     )
+    from mcnotify.sandbox.demo import make_source
+
+    # The printed config reads this source: create the demo's sample rows so that it works as printed. A source
+    # already there (an earlier sandbox in this folder, or the engineer's own data) is kept as it is.
+    source = base / "app.sqlite"
+    if source.exists():
+        source_note = f"source {source} kept as it was"
+    else:
+        source_note = f"sample source {source} created with {make_source(source)} notifications"
     box = Sandbox(base, settings, port=port).start()
     box.account.record_path = base / "accepted.jsonl"
     config = base / "config.toml"
-    text = box.config_toml(base / "state.db", "sqlite:///" + str(base / "app.sqlite"))
+    text = box.config_toml(base / "state.db", "sqlite:///" + str(source))
     config.write_text(text)
     config.chmod(0o600)
     out.print(text, markup=False)
     out.print(
-        f"# sandbox: MC on {box.url}, SFTP on 127.0.0.1:{box.sftp.port if box.sftp else '-'}; config written to "
-        f"{config} (point [source] at your data); accepted messages in {box.account.record_path} and at "
+        f"# sandbox: MC on {box.url}, SFTP on 127.0.0.1:{box.sftp.port if box.sftp else '-'}; {source_note}; "
+        f"config written to {config} (point [source] at your data, or try `mcnotify --config {config} run-all` as "
+        f"it is); accepted messages in {box.account.record_path} and at "
         f"{box.url}_sandbox/record. Ctrl-C or SIGTERM stops it.",
         markup=False,
     )

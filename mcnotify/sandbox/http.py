@@ -442,7 +442,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         token = next((el.text for el in root.iter() if _local(el.tag) == "fueloauth"), None)
         if not self.account.token_valid(token):
-            # The exact expired-token fault text is UNCONFIRMED (mc-api.md §1.4); FuelSDK users report this.
+            # The exact expired-token fault text is UNCONFIRMED (docs/marketing-cloud.md §6); FuelSDK users report this.
             self._fault("q0:Security", "Login Failed")
             return
         ops = [el for el in root.iter() if _local(el.tag) in ("PerformRequestMsg", "RetrieveRequestMsg")]

@@ -1,4 +1,4 @@
-"""Marketing Cloud's documented rules, written down independently of the client (see shared mc-api.md).
+"""Marketing Cloud's documented rules, written down independently of the client (see docs/marketing-cloud.md).
 
 The sandbox judges what the client sends by these, never by what the client happens to do.
 """
