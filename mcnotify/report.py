@@ -26,6 +26,7 @@ def batch_view(store: StateStore, batch_id: int) -> dict[str, Any] | None:
         return None
     counts = store.counts(batch_id)
     steps = store.steps(batch_id)
+    skip = steps.get("skip")  # recorded by `mcnotify skip`, with the operator's reason
     channels: dict[str, dict[str, int]] = {}
     for (channel, status), n in counts.items():
         channels.setdefault(channel or "unknown-template", {})[status] = n
@@ -57,6 +58,7 @@ def batch_view(store: StateStore, batch_id: int) -> dict[str, Any] | None:
             for name in STEPS
             if name in steps
         },
+        "skipped": None if skip is None else {"at": skip["finished_at"], "reason": skip["detail"]},
         "errors": store.errors(batch_id),
         "latency": store.latency(batch_id=batch_id),
     }

@@ -30,8 +30,9 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
-# Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns.
-_WIDTH = None if sys.stdout.isatty() else 160
+# Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns, unless
+# COLUMNS says otherwise (rich reads it when the width is left open).
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
 out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 _state: dict[str, Any] = {"config": DEFAULT_CONFIG_PATH, "quiet": False, "secrets": ()}
@@ -72,6 +73,11 @@ def main_options(
     _state["redactor"] = logs.setup(
         level, json_lines=log_json, mask_contacts=not show_contacts, terminal_handler=terminal, stream=sys.stderr
     )
+
+
+def quiet() -> bool:
+    """-q: besides warnings and errors, only what a command did; a run with nothing to do prints nothing."""
+    return bool(_state["quiet"])
 
 
 def _fail(message: str, code: int) -> NoReturn:

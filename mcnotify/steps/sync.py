@@ -532,7 +532,9 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
             store.update_batch(batch_id, conflicts=(batch.conflicts if batch else 0) + len(moved))
     if moved:
         shown = ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else "")
-        ctx.progress(f"sync: {len(moved)} older pending email(s) now go to a newer address in batch {batch_id}: {shown}")
+        ctx.progress(
+            f"sync: {len(moved)} older pending email(s) now go to a newer address in batch {batch_id}: {shown}"
+        )
         report.conflicts += len(moved)
     # Written before anything else, so one pass over the batch both counts and writes the subscribers.
     fd, tmp = tempfile.mkstemp(prefix="mcnotify-", suffix=".csv")
