@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from mcnotify import hooks
+from mcnotify import hooks, logs
 from mcnotify.config import Settings
 from mcnotify.errors import McnotifyError
 from mcnotify.redact import scrub
@@ -79,6 +79,7 @@ def execute(
     progress: Callable[[str], None] | None = None,
     meter: Callable[[str, int, int], None] | None = None,
 ) -> T:
+    logs.set_command(command)
     with open_context(settings, dry_run=dry_run, progress=progress, meter=meter) as ctx:
         if dry_run:
             return _state_errors(settings, lambda: action(ctx))
