@@ -214,10 +214,18 @@ def doctor() -> None:
 
 @app.command()
 def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit that failed.")]) -> None:
-    """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=)."""
-    import socket
+    """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=), unless the failed run
+    has already alerted it."""
+    import logging
 
     from mcnotify import hooks
+    from mcnotify.runner import open_context
 
     settings = _settings()
-    hooks.alert(settings, f"{unit} failed on {socket.gethostname()}", f"See: journalctl -u {unit}")
+    try:
+        with open_context(settings, lock=False) as ctx:
+            hooks.unit_failed(settings, ctx.store, unit)
+            return
+    except Exception as exc:  # no state to check against: an alert too many beats none
+        logging.getLogger("mcnotify").warning("state unavailable (%s: %s); alerting anyway", type(exc).__name__, exc)
+    hooks.unit_failed(settings, None, unit)
