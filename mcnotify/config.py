@@ -209,6 +209,7 @@ SCHEMA["alerts"] = {
     "smtp_to": Key(str),
     "on_recovery": Key(bool, False),
     "after": Key(float, 300.0, check=_between(0, 86400)),  # run-all --follow: alert once a failure lasts this long
+    "repeat_after": Key(float, 3600.0, check=_between(0, 7 * 86400)),  # the same failure again: alert again after
     "timeout": Key(float, 10.0, check=_between(0.1, 300)),
 }
 SCHEMA["metrics"] = {"textfile": Key(str)}

@@ -5,6 +5,7 @@ Like borgmatic's hooks, none of them may fail a run: every problem is logged as 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import smtplib
@@ -77,22 +78,112 @@ def run_started(settings: Settings, command: str) -> None:
     _ping(settings, "/start")
 
 
+ALERTS_META = "alerts"  # state meta: command -> the failure last alerted for it (fingerprint, when)
+RECENT = 900.0  # seconds: a failed run this recent is the one an alert unit was started for
+
+
+def _alerted(store: StateStore | None) -> dict[str, Any]:
+    value = store.get_meta(ALERTS_META) if store is not None else None
+    return value if isinstance(value, dict) else {}
+
+
+def _writable(store: StateStore | None) -> StateStore | None:
+    return None if store is None or store.read_only or store.lost else store
+
+
+def failure_alert(
+    settings: Settings, store: StateStore | None, command: str, failure: str, subject: str, body: str
+) -> bool:
+    """Alert a failure once: the same `failure` (exit code and error) of the same command again only after
+    `alerts.repeat_after`, a different one at once. Remembered in the state's meta, which the runs and the
+    alert unit share: the unit started by OnFailure= for a run that has already alerted stays quiet. Returns
+    whether the alert went out; without a state to remember in, it always goes."""
+    store = _writable(store)
+    now = time.time()
+    fingerprint = hashlib.sha256(failure.encode()).hexdigest()[:16]  # the error text itself is not kept
+    try:
+        if store is not None:
+            with store.transaction():  # two chained units may fail at once
+                last = _alerted(store).get(command)
+                quiet_for = float(settings.section("alerts")["repeat_after"])
+                if last and last.get("fingerprint") == fingerprint and now - float(last.get("at", 0)) < quiet_for:
+                    log.info(
+                        "alert for %s not repeated: the same failure was alerted %.0f min ago (alerts.repeat_after)",
+                        command,
+                        (now - float(last["at"])) / 60,
+                    )
+                    return False
+                store.set_meta(ALERTS_META, {**_alerted(store), command: {"fingerprint": fingerprint, "at": now}})
+    except Exception as exc:  # the state cannot say: alert rather than stay silent
+        log.warning("alert state unavailable (%s: %s); alerting anyway", type(exc).__name__, exc)
+    alert(settings, subject, body)
+    return True
+
+
+def _recovered(store: StateStore | None, command: str) -> bool:
+    """Forget the failure alerted for `command`; True when there was one."""
+    store = _writable(store)
+    try:
+        if store is None or command not in _alerted(store):
+            return False
+        with store.transaction():
+            alerted = _alerted(store)
+            gone = alerted.pop(command, None)
+            store.set_meta(ALERTS_META, alerted)
+        return gone is not None
+    except Exception as exc:
+        log.warning("alert state unavailable (%s: %s)", type(exc).__name__, exc)
+        return False
+
+
 def run_finished(settings: Settings, store: StateStore, command: str, exit_code: int, error: str | None) -> None:
     host = socket.gethostname()
     if exit_code in (143, 130):  # an operator's systemctl stop or Ctrl-C is not an incident
         return
     if exit_code in (EXIT_OK, EXIT_TEMPORARY):
         _ping(settings, "")
-        previous = store.runs(limit=2, command=command)
-        failed_before = len(previous) == 2 and previous[1]["exit_code"] not in (None, EXIT_OK, EXIT_TEMPORARY)
-        if failed_before and settings.section("alerts")["on_recovery"]:
+        if _recovered(store, command) and settings.section("alerts")["on_recovery"]:
             alert(settings, f"mcnotify {command} recovered on {host}", "The last run succeeded again.")
     else:
         _ping(settings, "/fail")
-        alert(settings, f"mcnotify {command} failed on {host}", f"exit code {exit_code}: {error or 'no message'}")
+        failure = f"exit code {exit_code}: {error or 'no message'}"
+        failure_alert(settings, store, command, failure, f"mcnotify {command} failed on {host}", failure)
     path = settings.section("metrics")["textfile"]
     if path:
         _guarded("metrics textfile", lambda: write_metrics(store, Path(path)))
+
+
+def command_of_unit(unit: str) -> str:
+    """The command a unit of systemd/ runs: mcnotify.service and mcnotify-follow.service run-all,
+    mcnotify-NAME.service NAME (sync, wait-import, send-email, send-sms)."""
+    name = unit.removesuffix(".service")
+    if name in ("mcnotify", "mcnotify-follow"):
+        return "run-all"
+    return name.removeprefix("mcnotify-")
+
+
+def unit_failed(settings: Settings, store: StateStore | None, unit: str) -> bool:
+    """`mcnotify alert --unit U` (systemd's OnFailure=): alert, unless the run has already alerted this very
+    failure. A run that ended recorded gives its exit code and error (the same failure the run alerted, so no
+    second message); a process that died unrecorded (killed, timed out, crashed) is alerted as such."""
+    host = socket.gethostname()
+    command = command_of_unit(unit)
+    runs = store.runs(limit=1, command=command) if store is not None else []
+    last = runs[0] if runs else None
+    if last and last["exit_code"] not in (None, EXIT_OK, EXIT_TEMPORARY) and time.time() - last["finished_at"] < RECENT:
+        failure = f"exit code {last['exit_code']}: {last['error'] or 'no message'}"
+    elif last and last["exit_code"] is None and time.time() - last["started_at"] < 86400:
+        failure = f"run {last['id']} (pid {last['pid']}) ended without recording how: killed, timed out or crashed"
+    else:
+        failure = f"{unit} failed before a run was recorded"
+    return failure_alert(
+        settings,
+        store,
+        command,
+        failure,
+        f"mcnotify {command} failed on {host}",
+        f"{failure}\nSee: journalctl -u {unit}",
+    )
 
 
 RUN_GAUGES = (  # (metric, column of StateStore.last_runs, help)

@@ -9,14 +9,27 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable
-from typing import IO
+from collections.abc import Callable, Iterable
+from typing import IO, Any
 
 from mcnotify.redact import mask_email, mask_phone, scrub
 
 EMAIL = re.compile(r"[^\s@<>\"',;:()\[\]]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{6,}\d(?![\w-])")
 SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+# Every line a step logs starts with the step's name (and the batch it is about): "send-email: batch 3: ...".
+STEP_PREFIX = re.compile(
+    r"(?P<step>sync|wait-import|send-email|send-sms|run-all|follow|retry|skip)(?: \(dry run\))?:"
+    r"(?: batch (?P<batch>\d+)\b)?"
+)
+# What a LogRecord has of its own; anything else on a record came from `extra=` and goes into a JSON line.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_run: dict[str, str] = {}  # the command this process runs (one per process), for JSON lines
+
+
+def set_command(command: str) -> None:
+    """The run's command (e.g. run-all), added to every JSON line from here on."""
+    _run["command"] = command
 
 
 class RedactingFilter(logging.Filter):
@@ -34,7 +47,20 @@ class RedactingFilter(logging.Filter):
             message = PHONE.sub(lambda m: mask_phone(re.sub(r"\D", "", m.group(0))), message)
         message = scrub(message, self.secrets)
         record.msg, record.args = message, None
+        for key, value in vars(record).items():  # `extra=` fields (an error's text) are scrubbed too
+            if key not in _RECORD_FIELDS and isinstance(value, str):
+                setattr(record, key, self._clean(value))
+        if not hasattr(record, "step") and (m := STEP_PREFIX.match(message)):
+            record.step = m["step"]
+            if m["batch"] and not hasattr(record, "batch"):
+                record.batch = int(m["batch"])
         return True
+
+    def _clean(self, text: str) -> str:
+        if self.mask_contacts:
+            text = EMAIL.sub(lambda m: mask_email(m.group(0)), text)
+            text = PHONE.sub(lambda m: mask_phone(re.sub(r"\D", "", m.group(0))), text)
+        return scrub(text, self.secrets)
 
 
 class JournalFormatter(logging.Formatter):
@@ -45,16 +71,42 @@ class JournalFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, the run's command, and what the line is about
+    where known (step, batch, counts, error, attempt, ...: a record's `extra=` fields)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            },
-            ensure_ascii=False,
-        )
+        fields = {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+        return json_line(record.levelname.lower(), record.getMessage(), record.name, record.created, **fields)
+
+
+def json_line(level: str, message: str, logger: str = "mcnotify", created: float | None = None, **fields: Any) -> str:
+    created = time.time() if created is None else created
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    line = {"time": stamp, "level": level, "logger": logger, "message": message, **_run, **fields}
+    return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def retry_logger(logger: logging.Logger, what: str, attempts: int) -> Callable[[Any], None]:
+    """A tenacity `before_sleep`: one INFO line a retry saying what failed, attempt n of m, and the wait."""
+
+    def before_sleep(state: Any) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = float(state.next_action.sleep) if state.next_action else 0.0
+        log_retry(logger, what, str(exc) if exc else "failed", state.attempt_number, attempts, wait)
+
+    return before_sleep
+
+
+def log_retry(logger: logging.Logger, what: str, error: str, attempt: int, attempts: int, wait: float) -> None:
+    logger.info(
+        "%s: %s; attempt %d of %d failed, retrying in %.1f s",
+        what,
+        error,
+        attempt,
+        attempts,
+        wait,
+        extra={"error": error, "attempt": attempt, "attempts": attempts, "wait": round(wait, 3)},
+    )
 
 
 def log_format(json_lines: bool, stream: IO[str]) -> str:
@@ -74,6 +126,7 @@ def setup(
 ) -> RedactingFilter:
     """Configure the root logger; returns the filter so the caller can hand it the secrets once known."""
     stream = stream or sys.stderr
+    _run.clear()
     kind = log_format(json_lines, stream)
     if kind == "terminal" and terminal_handler is not None:
         handler = terminal_handler

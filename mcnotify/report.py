@@ -57,6 +57,7 @@ def batch_view(store: StateStore, batch_id: int, running: bool | None = None) ->
         for step in steps.values():
             if step["status"] == "running":
                 step.update(status="interrupted", detail=GONE)
+    skip = steps.get("skip")  # recorded by `mcnotify skip`, with the operator's reason
     channels: dict[str, dict[str, int]] = {}
     for (channel, status), n in counts.items():
         channels.setdefault(channel or "unknown-template", {})[status] = n
@@ -88,6 +89,7 @@ def batch_view(store: StateStore, batch_id: int, running: bool | None = None) ->
             for name in STEPS
             if name in steps
         },
+        "skipped": None if skip is None else {"at": skip["finished_at"], "reason": skip["detail"]},
         "errors": store.errors(batch_id),
         "latency": store.latency(batch_id=batch_id),
     }

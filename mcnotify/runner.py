@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from mcnotify import hooks
+from mcnotify import hooks, logs
 from mcnotify.config import Settings
 from mcnotify.errors import EXIT_TEMPORARY, LockHeld, McnotifyError
 from mcnotify.redact import scrub
@@ -74,10 +74,25 @@ def _lock_holder(store: StateStore) -> str | None:
 
 
 def _counts(result: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        data = dataclasses.asdict(result)
-        return {k: v for k, v in data.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
-    return {}
+    """What a run did, for `history`: a step's own numbers; run-all's summed over its steps (sync's rows, each
+    channel's sends); the follower's per channel."""
+    if not dataclasses.is_dataclass(result) or isinstance(result, type):
+        return {}
+    data = dataclasses.asdict(result)
+    counts: dict[str, Any] = {
+        k: v for k, v in data.items() if isinstance(v, int | float | str) and not isinstance(v, bool)
+    }
+    for synced in getattr(result, "syncs", ()):
+        for key in ("new_rows", "invalid", "expired", "conflicts", "csv_rows"):
+            counts[key] = counts.get(key, 0) + int(getattr(synced, key, 0) or 0)
+    for sent in getattr(result, "sends", ()):
+        for key in ("sent", "failed", "unknown"):
+            name = f"{sent.channel}_{key}"
+            counts[name] = counts.get(name, 0) + int(getattr(sent, key, 0) or 0)
+    for key in ("sent", "failed"):
+        if isinstance(per_channel := data.get(key), dict):
+            counts.update({f"{channel}_{key}": n for channel, n in per_channel.items()})
+    return counts
 
 
 def execute(
@@ -89,6 +104,7 @@ def execute(
     progress: Callable[[str], None] | None = None,
     meter: Callable[[str, int, int], None] | None = None,
 ) -> T:
+    logs.set_command(command)
     with open_context(settings, dry_run=dry_run, progress=progress, meter=meter) as ctx:
         if dry_run:
             return _state_errors(settings, lambda: action(ctx))

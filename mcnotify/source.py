@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,6 +19,10 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from mcnotify import stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
+from mcnotify.logs import retry_logger
+
+log = logging.getLogger(__name__)
+CONNECT_ATTEMPTS = 3
 
 REQUIRED_COLUMNS = ("notification_id", "template", "subscriber_key", "email", "phone")
 # Added to a row whose text columns held bytes that are not valid in the source's encoding: those columns'
@@ -117,23 +123,28 @@ class MySQLSource:
     def _connect(self) -> Any:
         pymysql = self._pymysql
 
+        where = f"{self._params['host']}:{self._params['port']}"
+
         @retry(
             retry=retry_if_exception_type(ServiceUnavailable),
-            stop=stop_after_attempt(3),
+            stop=stop_after_attempt(CONNECT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.5, max=4),
             sleep=stop.sleep,  # a stop request ends the backoff at once (Stopped)
+            before_sleep=retry_logger(log, f"MySQL connect to {where}", CONNECT_ATTEMPTS),
             reraise=True,
         )
         def attempt() -> Any:
+            started = time.monotonic()
             try:
                 # In a helper thread: a server that accepts and never answers holds it for connect_timeout,
                 # and a stop request must not wait for that. Connecting twice later is harmless.
-                return stop.run(
+                conn = stop.run(
                     lambda: pymysql.connect(**self._params), what="MySQL connect", cancel_unsent=lambda: True
                 )
+                log.debug("MySQL %s: connected in %.0f ms", where, (time.monotonic() - started) * 1000)
+                return conn
             except pymysql.err.OperationalError as exc:
                 code = exc.args[0] if exc.args else 0
-                where = f"{self._params['host']}:{self._params['port']}"
                 if code in (1044, 1045, 1049):  # access denied / unknown database: retrying will not help
                     raise ConfigError(f"MySQL {where} refused the login: {exc.args[1]}") from None
                 raise ServiceUnavailable(f"MySQL {where} unreachable: {exc.args[-1]}") from None
@@ -143,6 +154,7 @@ class MySQLSource:
     def rows(self, after: Any, limit: int) -> Iterator[dict[str, Any]]:
         pymysql = self._pymysql
         cursor = self._conn.cursor()
+        started, count = time.monotonic(), 0
         try:
             try:
                 cursor.execute(self._query, {"after": after, "limit": limit})
@@ -151,10 +163,13 @@ class MySQLSource:
             except pymysql.err.OperationalError as exc:
                 raise ServiceUnavailable(f"MySQL query failed: {exc.args[-1]}") from None
             check_columns([d[0] for d in cursor.description or ()])
+            _log_query("MySQL", started, after, limit)
             encoding = self._encoding()
             while chunk := cursor.fetchmany(self._fetch_size):
+                count += len(chunk)
                 for row in chunk:
                     yield decode_row(row, encoding)
+            _log_rows("MySQL", started, count)
         finally:
             cursor.close()
 
@@ -179,23 +194,37 @@ class SQLiteSource:
         self._query = query.replace("%(after)s", ":after").replace("%(limit)s", ":limit")
 
     def rows(self, after: Any, limit: int) -> Iterator[dict[str, Any]]:
+        started, count = time.monotonic(), 0
         try:
             cursor = self._conn.execute(self._query, {"after": after, "limit": limit})
         except sqlite3.Error as exc:
             raise ConfigError(f"[source] query failed: {exc}") from None
         check_columns([d[0] for d in cursor.description or ()])
+        _log_query("SQLite", started, after, limit)
         while True:
             try:
                 chunk = cursor.fetchmany(1000)
             except sqlite3.Error as exc:  # the source's failure, not the state file's
                 raise ServiceUnavailable(f"reading SQLite source {self._path} failed: {exc}") from None
             if not chunk:
+                _log_rows("SQLite", started, count)
                 return
+            count += len(chunk)
             for row in chunk:
                 yield decode_row(dict(row))
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _log_query(kind: str, started: float, after: Any, limit: int) -> None:
+    # The bound parameters only (a cursor value and a number): never a row, which holds contacts.
+    ms = (time.monotonic() - started) * 1000
+    log.debug("source (%s): query after %r, limit %d: first rows in %.0f ms", kind, after, limit, ms)
+
+
+def _log_rows(kind: str, started: float, count: int) -> None:
+    log.debug("source (%s): %d row(s) read in %.0f ms", kind, count, (time.monotonic() - started) * 1000)
 
 
 def _decimal(data: bytes | str) -> decimal.Decimal:

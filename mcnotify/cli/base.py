@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 
 from mcnotify import __version__
@@ -21,7 +22,71 @@ if TYPE_CHECKING:  # the steps pull in requests, paramiko, phonenumbers: import 
     from mcnotify.steps import Context
 
 T = TypeVar("T")
+
+
+# typer carries its own copy of click: its objects are handled by what they have (params, opts, commands).
+def _options(params: list[Any]) -> dict[str, Any]:
+    return {name: p for p in params if p.param_type_name == "option" for name in (*p.opts, *p.secondary_opts)}
+
+
+def _takes_value(param: Any, token: str) -> bool:
+    """Whether the next argument is this option's value (not for a flag, nor for `--opt=value`)."""
+    return not (getattr(param, "is_flag", False) or getattr(param, "count", False) or "=" in token)
+
+
+def hoist_global_options(group: Any, args: list[str]) -> list[str]:
+    """`mcnotify send-email -v` as `mcnotify -v send-email`: the app's own options (the callback's: --config,
+    -q, -v, --log-json, --show-contacts) found after the command name are moved in front of it. The command's
+    options and their values stay where they are (`skip --reason -q` keeps `-q` as the reason), `--help` stays
+    the command's, and nothing after `--` moves. Anything not understood is left for click to report."""
+    known = _options(group.params)
+    start = 0
+    while start < len(args) and args[start].startswith("-") and args[start] != "--":
+        param = known.get(args[start].split("=", 1)[0])
+        if param is None:
+            return args
+        start += 2 if _takes_value(param, args[start]) else 1
+    command, end = group, start
+    while isinstance(getattr(command, "commands", None), dict) and end < len(args):
+        sub = command.commands.get(args[end])
+        if sub is None:
+            break
+        command, end = sub, end + 1
+    if command is group:
+        return args
+    own = _options(command.params)
+    moved: list[str] = []
+    kept: list[str] = []
+    i = end
+    while i < len(args):
+        token = args[i]
+        name = token.split("=", 1)[0] if token.startswith("--") else token
+        letters = [f"-{c}" for c in token[1:]] if len(token) > 2 and token[0] == "-" and token[1] != "-" else []
+        if token == "--":
+            kept += args[i:]
+            break
+        if name in known and name not in own:
+            step = 2 if _takes_value(known[name], token) else 1
+            moved += args[i : i + step]
+        elif letters and all(f in known and f not in own and not _takes_value(known[f], f) for f in letters):
+            step = 1  # -qv: flags of the app's, bundled
+            moved.append(token)
+        else:
+            step = 2 if name in own and _takes_value(own[name], token) else 1
+            kept += args[i : i + step]
+        i += step
+    return args[:start] + moved + args[start:end] + kept
+
+
+class GlobalOptionsAnywhere(typer.core.TyperGroup):
+    """The app's group: global options are accepted after the command too (see hoist_global_options)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(self, args))
+
+
 app = typer.Typer(
+    cls=GlobalOptionsAnywhere,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -30,8 +95,9 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
-# Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns.
-_WIDTH = None if sys.stdout.isatty() else 160
+# Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns, unless
+# COLUMNS says otherwise (rich reads it when the width is left open).
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
 out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 _state: dict[str, Any] = {"config": DEFAULT_CONFIG_PATH, "quiet": False, "secrets": ()}
@@ -64,7 +130,7 @@ def main_options(
 
     from mcnotify import logs
 
-    _state["config"], _state["quiet"] = config, quiet
+    _state["config"], _state["quiet"], _state["log_json"] = config, quiet, log_json
     # A progress bar only where someone watches: a terminal, normal verbosity, no JSON lines.
     _state["bars"] = err.is_terminal and not quiet and not verbose and not log_json
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -74,13 +140,23 @@ def main_options(
     )
 
 
+def quiet() -> bool:
+    """-q: besides warnings and errors, only what a command did; a run with nothing to do prints nothing."""
+    return bool(_state["quiet"])
+
+
 def _fail(message: str, code: int) -> NoReturn:
     """The last line: an error, or a notice for "try again later" (exit 75: a held lock, a pending import), with
     its syslog priority when journald reads stderr (`journalctl -p err` finds every failure)."""
     from mcnotify import logs
 
     notice = code == EXIT_TEMPORARY
-    text = f"mcnotify: {'' if notice else 'error: '}{scrub(message, _state['secrets'])}"
+    text = scrub(message, _state["secrets"])
+    if _state.get("log_json"):  # the last line too is one a log collector can parse
+        level = "notice" if notice else "error"
+        print(logs.json_line(level, text, error=text, exit_code=code), file=sys.stderr, flush=True)
+        raise typer.Exit(code)
+    text = f"mcnotify: {'' if notice else 'error: '}{text}"
     if logs.log_format(False, sys.stderr) == "journal":
         text = f"<{5 if notice else 3}>{text}"
     err.print(text, markup=False, highlight=False)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from mcnotify.cli.base import JsonOut, _fail, _guard, _read_only, _run, _settings, app, out
-from mcnotify.cli.render import _gantt, _secs, _when
-from mcnotify.errors import EXIT_FAILURE
+from mcnotify.cli.render import _gantt, _secs, _when, fit_table
+from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
 from mcnotify.redact import scrub
+
+if TYPE_CHECKING:
+    from mcnotify.steps import Context
 
 
 @app.command()
@@ -20,32 +24,39 @@ def history(
     json_out: JsonOut = False,
     step: Annotated[str | None, typer.Option(help="Only this command, e.g. run-all or send-email.")] = None,
     result: Annotated[str | None, typer.Option(help="ok, failed, temporary or running.")] = None,
-    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first (1 or more).")] = 20,
 ) -> None:
     """Recent runs, newest first: command, host, start, duration, exit code, counts, error."""
     if result not in (None, "ok", "failed", "temporary", "running"):
-        _fail("--result must be ok, failed, temporary or running", 2)
+        _fail("--result must be ok, failed, temporary or running", EXIT_USAGE)
+    if limit < 1:
+        _fail("--limit must be 1 or more", EXIT_USAGE)
     runs = _read_only(lambda ctx: ctx.store.runs(limit=limit, command=step, result=result))
     for run in runs:
         run["counts"] = json.loads(run["counts"]) if run["counts"] else {}
     if json_out:
         out.print_json(json.dumps(runs))
         return
-    table = Table("run", "command", "host", "pid", "started", "took", "exit", "counts", "error", title="runs")
+    rows = []
     for r in runs:
         took = None if r["finished_at"] is None else r["finished_at"] - r["started_at"]
         counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if k != "seconds" and v)
-        table.add_row(
-            str(r["id"]),
-            r["command"],
-            r["host"],
-            str(r["pid"]),
-            _when(r["started_at"]),
-            _secs(took),
-            str(r["exit_code"]) if r["exit_code"] is not None else _unfinished(r),
-            counts,
-            r["error"] or "",
+        rows.append(
+            [
+                str(r["id"]),
+                r["command"],
+                r["host"],
+                str(r["pid"]),
+                _when(r["started_at"]),
+                _secs(took),
+                str(r["exit_code"]) if r["exit_code"] is not None else _unfinished(r),
+                counts,
+                r["error"] or "",
+            ]
         )
+    header = ("run", "command", "host", "pid", "started", "took", "exit", "counts", "error")
+    # Long counts and errors wrap; on a narrow terminal the pid, then the host, then the duration give way.
+    table, _ = fit_table("runs", header, rows, ("pid", "host", "took"))
     out.print(table)
 
 
@@ -68,16 +79,24 @@ def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: 
         out.print_json(json.dumps(view, default=str))
         return
     imp = view["import"]
+
+    def n(value: int | None) -> str:  # an import that never reported counts
+        return "-" if value is None else str(value)
+
     out.print(
         f"batch {view['batch']} · {view['status']} · created {_when(view['created_at'])} · {view['rows']} rows, "
         f"{view['invalid']} invalid, {view['conflicts']} key conflicts, {view['csv_rows']} subscribers uploaded",
         markup=False,
     )
     out.print(
-        f"import: {imp['status'] or '-'} task {imp['task_id'] or '-'} · total {imp['total']}, ok {imp['ok']}, "
-        f"rejected {imp['errors']}, duplicates {imp['duplicates']}",
+        f"import: {imp['status'] or '-'} task {imp['task_id'] or '-'} · total {n(imp['total'])}, ok {n(imp['ok'])}, "
+        f"rejected {n(imp['errors'])}, duplicates {n(imp['duplicates'])}",
         markup=False,
     )
+    if view["skipped"]:
+        out.print(
+            f"skipped by an operator at {_when(view['skipped']['at'])}: {view['skipped']['reason']}", markup=False
+        )
     timeline = Table("step", "timeline", "took", "status", "detail", title="steps")
     bars = {name: (bar, took) for name, bar, took in _gantt(view["steps"])}
     for name, step_view in view["steps"].items():
@@ -108,7 +127,7 @@ def retry(
     from mcnotify.steps import repair
 
     if channel not in (None, "email", "sms"):
-        _fail("--channel must be email or sms", 2)
+        _fail("--channel must be email or sms", EXIT_USAGE)
     result = _run("retry", lambda ctx: repair.retry(ctx, batch, channel), False)
     out.print(f"retry: batch {result.batch_id}: {result.note}")
 
@@ -128,14 +147,24 @@ def skip(
 @app.command()
 def invalid(
     batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.")] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write them to this CSV file instead.")] = None,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write them to this CSV file instead ('-': standard output).")
+    ] = None,
     json_out: JsonOut = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100_000,
 ) -> None:
     """List quarantined contacts with the reason, so the app team can fix their data."""
     from mcnotify import report
 
-    rows = _read_only(lambda ctx: ctx.store.invalid_rows(batch, limit))
+    def read(ctx: Context) -> list[dict[str, Any]]:
+        if batch is not None and ctx.store.batch(batch) is None:
+            _fail(f"no batch {batch}", EXIT_FAILURE)  # like `show`: a typo must not look like "all clean"
+        return ctx.store.invalid_rows(batch, limit)
+
+    rows = _read_only(read)
+    if csv_path == Path("-"):  # the usual "standard output"; nothing else is printed there
+        report.write_invalid_csv(rows, sys.stdout)
+        return
     if csv_path is not None:
 
         def write() -> int:
@@ -180,7 +209,7 @@ def doctor() -> None:
 
     results = _guard(go)
     for c in results:
-        mark = "[green]ok[/green]    " if c.ok else "[red]failed[/red]"
+        mark = "[green]ok[/green]" if c.ok else "[red]failed[/red]"
         out.print(
             f"{mark} {c.name}: "
             + scrub(c.detail, settings.secrets).replace("[", "\\[")
@@ -192,10 +221,18 @@ def doctor() -> None:
 
 @app.command()
 def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit that failed.")]) -> None:
-    """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=)."""
-    import socket
+    """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=), unless the failed run
+    has already alerted it."""
+    import logging
 
     from mcnotify import hooks
+    from mcnotify.runner import open_context
 
     settings = _settings()
-    hooks.alert(settings, f"{unit} failed on {socket.gethostname()}", f"See: journalctl -u {unit}")
+    try:
+        with open_context(settings, lock=False) as ctx:
+            hooks.unit_failed(settings, ctx.store, unit)
+            return
+    except Exception as exc:  # no state to check against: an alert too many beats none
+        logging.getLogger("mcnotify").warning("state unavailable (%s: %s); alerting anyway", type(exc).__name__, exc)
+    hooks.unit_failed(settings, None, unit)

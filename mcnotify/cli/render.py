@@ -6,9 +6,10 @@ import datetime
 import time
 from typing import Any
 
+from rich.measure import Measurement
 from rich.table import Table
 
-from mcnotify.cli.base import out
+from mcnotify.cli.base import out, quiet
 
 
 def _render_sync(r: Any, dry_run: bool) -> None:
@@ -27,7 +28,8 @@ def _render_sync(r: Any, dry_run: bool) -> None:
         _render_samples(r.sample_sends, "would send (sample)")
         return
     if r.blocked or r.batch_id is None:
-        out.print(f"sync: {r.note}")
+        if not quiet():  # -q: a run with nothing to do prints nothing
+            out.print(f"sync: {r.note}", markup=False)
         return
     out.print(
         f"sync: batch {r.batch_id}: {r.new_rows} new, {r.invalid} invalid, {r.expired} expired, "
@@ -48,8 +50,8 @@ def _render_samples(samples: list[dict[str, Any]], title: str) -> None:
 
 
 def _render_wait(r: Any) -> None:
-    if not r.results:
-        out.print(f"wait-import: {r.note}")
+    if not r.results and not quiet():
+        out.print(f"wait-import: {r.note}", markup=False)
     for res in r.results:
         counts = (
             ""
@@ -61,17 +63,20 @@ def _render_wait(r: Any) -> None:
 
 def _render_send(r: Any, dry_run: bool) -> None:
     if dry_run:
-        out.print(
-            f"send-{r.channel} (dry run): would send {r.sent} in batch(es) {r.batches or '-'}"
-            + (f"; {r.note}" if r.note else "")
+        would = (
+            f"would send {r.sent} in batch(es) {', '.join(map(str, r.batches))}" if r.sent else "nothing would be sent"
         )
+        note = r.note.removeprefix("nothing to send").strip()  # "(batch 2 not imported yet)" stays
+        note = f" {note}" if note.startswith("(") else f" ({note})" if note else ""
+        out.print(f"send-{r.channel} (dry run): {would}{note}", markup=False)
         _render_samples(r.samples, f"send-{r.channel} sample")
         return
     if r.held:
         shown = ", ".join(f"{t} ({n})" for t, n in sorted(r.held.items()))
         out.print(f"send-{r.channel}: held, kept pending until their template is back in the config: {shown}")
     if not r.batches and not r.failed:
-        out.print(f"send-{r.channel}: {r.note}")
+        if not quiet():
+            out.print(f"send-{r.channel}: {r.note}", markup=False)
         return
     out.print(
         f"send-{r.channel}: {r.sent} sent ({r.duplicates} already accepted earlier), {r.failed} failed, "
@@ -101,6 +106,40 @@ def _render_follow(r: Any) -> None:
 
 def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short_when(ts: float | None) -> str:
+    """A date that fits a table: month, day and minute this year; the full date for an older one."""
+    if ts is None:
+        return "-"
+    when = datetime.datetime.fromtimestamp(ts)
+    return when.strftime("%m-%d %H:%M" if when.year == datetime.date.today().year else "%Y-%m-%d")
+
+
+STEP_COLUMNS = ("sync", "wait-import", "send-email", "send-sms")
+# What `status` gives up first when the terminal is narrow: step durations (`show` has them), then the rest.
+STATUS_DROP_ORDER = ("sync", "wait-import", "send-sms", "send-email", "invalid", "import", "created")
+
+
+def fit_table(
+    title: str, header: tuple[str, ...], rows: list[list[str]], drop_order: tuple[str, ...]
+) -> tuple[Table, list[str]]:
+    """A table as wide as the console allows: columns are dropped in `drop_order` until it fits, and a cell that
+    still does not fit wraps instead of being cut to `500…`. Returns the table and the dropped columns."""
+    hidden: list[str] = []
+    for drop in (None, *drop_order):
+        if drop is not None:
+            hidden.append(drop)
+        keep = [i for i, name in enumerate(header) if name not in hidden]
+        table = Table(title=title)
+        for i in keep:
+            table.add_column(header[i], overflow="fold")
+        for row in rows:
+            table.add_row(*(row[i] for i in keep))
+        # Measured without the console's limit (a measurement is capped at it): the width it wants.
+        if Measurement.get(out, out.options.update_width(10_000), table).maximum <= out.width:
+            break
+    return table, hidden
 
 
 def _secs(value: float | None) -> str:
@@ -133,21 +172,8 @@ def render_status(data: dict[str, Any]) -> None:
         out.print(f"unknown {unknown['count']}: {unknown['why']}", markup=False)
         for reason, n in unknown["reasons"].items():
             out.print(f"  {n} × {reason}", markup=False)
-    table = Table(
-        "batch",
-        "created",
-        "status",
-        "rows",
-        "invalid",
-        "import",
-        "email",
-        "sms",
-        "sync",
-        "wait-import",
-        "send-email",
-        "send-sms",
-        title="recent batches",
-    )
+    header = ("batch", "created", "status", "rows", "invalid", "import", "email", "sms", *STEP_COLUMNS)
+    rows: list[list[str]] = []
     for b in data["batches"]:
         imp = b["import"]
         import_text = imp["status"] or "-"
@@ -163,21 +189,23 @@ def render_status(data: dict[str, Any]) -> None:
             s = b["steps"].get(name)
             return "-" if s is None else f"{s['status']} {_secs(s['seconds'])}"
 
-        table.add_row(
-            str(b["batch"]),
-            _when(b["created_at"]),
-            b["status"],
-            str(b["rows"]),
-            str(b["invalid"]),
-            import_text,
-            channel("email"),
-            channel("sms"),
-            step("sync"),
-            step("wait-import"),
-            step("send-email"),
-            step("send-sms"),
+        rows.append(
+            [
+                str(b["batch"]),
+                _short_when(b["created_at"]),
+                b["status"],
+                str(b["rows"]),
+                str(b["invalid"]),
+                import_text,
+                channel("email"),
+                channel("sms"),
+                *(step(name) for name in STEP_COLUMNS),
+            ]
         )
+    table, hidden = fit_table("recent batches", header, rows, STATUS_DROP_ORDER)
     out.print(table)
+    if hidden:
+        out.print(f"(not shown at {out.width} columns: {', '.join(hidden)}; see `mcnotify show BATCH`)", markup=False)
     for b in data["batches"]:
         for e in b["errors"]:
             out.print(

@@ -91,10 +91,15 @@ def run_all(
 
 
 @app.command()
-def status(json_out: JsonOut = False, limit: Annotated[int, typer.Option(help="How many batches.")] = 10) -> None:
+def status(
+    json_out: JsonOut = False,
+    limit: Annotated[int, typer.Option(help="How many batches, newest first (1 or more).")] = 10,
+) -> None:
     """Recent batches with each step's state, counts and durations."""
     from mcnotify import report
 
+    if limit < 1:  # the store reads no limit as "every batch, oldest first": never what was asked for
+        _fail("--limit must be 1 or more", EXIT_USAGE)
     data = _read_only(lambda ctx: report.status(ctx.store, limit, ctx.settings.templates))
     if json_out:
         out.print_json(json.dumps(data, default=str))

@@ -24,6 +24,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from mcnotify import stop
 from mcnotify.config import hide_userinfo, parse_http_url
 from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
+from mcnotify.logs import retry_logger
 from mcnotify.mc import wire
 from mcnotify.state.perms import tighten
 from mcnotify.state.store import Token
@@ -188,6 +189,7 @@ class TokenProvider:
             stop=stop_after_attempt(int(s["max_attempts"])),
             wait=wait_exponential(multiplier=1, max=float(s["backoff_max"])),
             sleep=stop.sleep,  # a stop request ends the backoff at once (Stopped)
+            before_sleep=retry_logger(log, "MC token request", int(s["max_attempts"])),
             reraise=True,
         )
         def post() -> requests.Response:

@@ -26,6 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from mcnotify import stop
 from mcnotify.errors import AuthExpired, ServiceUnavailable, TransientMcError
+from mcnotify.logs import retry_logger
 from mcnotify.mc import wire
 from mcnotify.mc.auth import TokenProvider
 
@@ -176,21 +177,24 @@ class McClient:
             return Reply(resp.status_code, body, resp.headers)
 
         attempts = int(self._section["max_attempts"])
+        announce = retry_logger(log, f"MC {method} /{urlsplit(path).path.lstrip('/')}", attempts)
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries += 1
+            announce(state)
+
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
             wait=self._wait,
             retry=retry_if_exception_type(TransientMcError),
             sleep=self._sleep,
-            before_sleep=self._count_retry,
+            before_sleep=before_sleep,
             reraise=True,
         )
         try:
             return retrying(attempt)
         except TransientMcError as exc:
             raise ServiceUnavailable(f"{exc} (gave up after {attempts} attempts)") from None
-
-    def _count_retry(self, state: RetryCallState) -> None:
-        self.retries += 1
 
     def close_thread_session(self) -> None:
         session = getattr(self._local, "session", None)

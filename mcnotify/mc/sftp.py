@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import posixpath
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ import paramiko
 
 from mcnotify import stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
+from mcnotify.logs import log_retry
+
+log = logging.getLogger(__name__)
+CONNECT_ATTEMPTS = 3
 
 # paramiko's transport thread logs a traceback for every connection that fails or that a stop request cuts
 # short; each of those reaches the operator as one line from here instead ("never a traceback").
@@ -80,9 +85,11 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
     where = f"{host}:{port}"
     timeout = float(section["timeout"])
     last = ""
-    for attempt in range(3):
+    for attempt in range(CONNECT_ATTEMPTS):
         if attempt:
+            log_retry(log, f"SFTP connect to {where}", last, attempt, CONNECT_ATTEMPTS, 2.0**attempt)
             stop.sleep(2.0**attempt)  # a stop request ends it at once (Stopped)
+        started = time.monotonic()
         try:
             client.connect(
                 host,
@@ -97,6 +104,7 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
                 allow_agent=False,
                 look_for_keys=False,
             )
+            log.debug("SFTP %s: host key verified and logged in in %.0f ms", where, (time.monotonic() - started) * 1000)
             return client
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -119,7 +127,7 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
         except (TimeoutError, OSError, EOFError) as exc:
             client.close()
             last = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
-    raise ServiceUnavailable(f"SFTP {where} unreachable after 3 attempts ({last})")
+    raise ServiceUnavailable(f"SFTP {where} unreachable after {CONNECT_ATTEMPTS} attempts ({last})")
 
 
 def upload(section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
@@ -137,6 +145,7 @@ def _upload(section: Mapping[str, Any], local_path: Path, remote_name: str, clie
         sftp = client.open_sftp()
         sftp.get_channel().settimeout(float(section["timeout"]))  # type: ignore[union-attr]
         size = local_path.stat().st_size
+        started = time.monotonic()
         try:
             sftp.put(str(local_path), partial, confirm=True)
             try:
@@ -151,6 +160,7 @@ def _upload(section: Mapping[str, Any], local_path: Path, remote_name: str, clie
             raise McnotifyError(f"SFTP upload to {section['host']}:{final} failed: {exc}") from None
         if remote_size != size:
             raise McnotifyError(f"SFTP upload to {final} is {remote_size} bytes, expected {size}")
+        log.debug("SFTP: %d bytes uploaded to %s in %.0f ms", size, final, (time.monotonic() - started) * 1000)
         return final
     except (TimeoutError, paramiko.SSHException, EOFError) as exc:
         raise ServiceUnavailable(f"SFTP connection to {section['host']} lost during upload: {exc}") from None

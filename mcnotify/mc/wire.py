@@ -10,8 +10,10 @@ socket shut down so the helper thread ends too.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
+import time
 from typing import Any
 
 import requests
@@ -22,6 +24,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from mcnotify import stop
 
+log = logging.getLogger(__name__)
 _current = threading.local()  # the Flight of the request this (helper) thread is making
 
 
@@ -132,4 +135,12 @@ def request(session: requests.Session, method: str, url: str, *, what: str, **kw
         finally:
             _current.flight = None
 
-    return stop.run(go, what=what, abandon=flight.abort, cancel_unsent=flight.cancel_unsent)
+    started = time.monotonic()
+    try:
+        resp: requests.Response = stop.run(go, what=what, abandon=flight.abort, cancel_unsent=flight.cancel_unsent)
+    except Exception as exc:
+        log.debug("%s: no answer after %.0f ms (%s)", what, (time.monotonic() - started) * 1000, type(exc).__name__)
+        raise
+    # Method and path only (what): never a header, a body (contacts, secrets) or a query string.
+    log.debug("%s: HTTP %d in %.0f ms", what, resp.status_code, (time.monotonic() - started) * 1000)
+    return resp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mcnotify.config import Settings
 from mcnotify.errors import DryRunRefused
@@ -16,7 +16,6 @@ from mcnotify.stop import check as _check_stop
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
-    from typing import Any
 
     from mcnotify.mc.client import McClient
 
@@ -29,8 +28,9 @@ def _sleep(seconds: float) -> None:
     STOP.wait(seconds)  # a stop request cuts a wait short
 
 
-def _log(line: str) -> None:
-    logging.getLogger("mcnotify").info(line)
+def _log(line: str, **fields: Any) -> None:
+    """A step's progress line; `fields` (batch, counts, ...) go into JSON log lines (--log-json)."""
+    logging.getLogger("mcnotify").info(line, extra=fields or None)
 
 
 def _no_meter(task: str, done: int, total: int) -> None:
@@ -41,7 +41,7 @@ def _no_meter(task: str, done: int, total: int) -> None:
 class Context:
     settings: Settings
     store: StateStore
-    progress: Callable[[str], None] = _log
+    progress: Callable[..., None] = _log  # (line, **fields)
     meter: Callable[[str, int, int], None] = _no_meter  # (task, done, total; 0 = total unknown)
     sleep: Callable[[float], None] = _sleep
     dry_run: bool = False  # a preview: the store is read-only and MC and SFTP refuse to act

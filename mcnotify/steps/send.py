@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # requests is slow to import; a run with nothing to send neve
 EMAIL_READY = {"Completed", "skipped", "assumed"}
 PROGRESS_EVERY = 3.0  # seconds between running progress lines of a long send (the journal's view of it)
 
+log = logging.getLogger("mcnotify")
+
 
 @dataclass
 class SendReport:
@@ -371,6 +373,14 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
         pending = store.open_work(batch.id, channel, known_only) - sum(
             n for t, n in store.open_by_template(batch.id).items() if t[1] == channel and not _configured(ctx, *t)
         )
+        log.debug(
+            "%s: batch %d (%s): %s may go now, %d to send",
+            step,
+            batch.id,
+            batch.status,
+            "only those to subscribers MC already holds" if known_only else "all",
+            pending,
+        )
         if channel == "email" and batch.import_status == "Error" and pending:
             if dry_run:
                 report.note = f"batch {batch.id}: import failed, its emails would be marked failed"
@@ -412,7 +422,8 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             )
             with store.transaction():
                 store.step_finished(batch.id, step, "failed" if failed else "done", summary)
-            ctx.progress(f"{step}: batch {batch.id}: {summary}")  # the log's last word on the batch
+            counts = {"sent": sent, "failed": failed, "unknown": unknown, "requeued": requeued}
+            ctx.progress(f"{step}: batch {batch.id}: {summary}", counts=counts)  # the log's last word on the batch
         if batch.status == "imported" and store.open_work(batch.id) == 0:
             with store.transaction():
                 store.update_batch(batch.id, status="done")

@@ -403,6 +403,15 @@ def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
     probe = limit if src["parallel_after"] == 0 else min(limit, int(src["parallel_after"]))
     after, read = _start_after(ctx), 0
     order = CursorOrder(cursor_column, _kind(ctx.store.get_meta(WATERMARK)))
+    watermark = ctx.store.get_meta(WATERMARK)
+    log.debug(
+        "sync: reading the source after %s %s (%s), at most %d rows, %s",
+        cursor_column,
+        _shown(after),
+        "no watermark yet" if watermark is None else f"watermark {_shown(watermark)} less overlap {src['overlap']}",
+        limit,
+        "in this process" if probe == limit else f"the first {probe} here, the rest in a worker process",
+    )
     # A batch no bigger than the first page is read here, page by page, as before.
     rows = _pages(source, after, limit, order) if probe == limit else _first_page(source, after, probe, order)
     for chunk, top, count in classified_chunks(ctx.settings, _warn_without_created_at(ctx, rows), ctx.store.known_ids):
@@ -495,7 +504,11 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
                 if top is not None and (old is None or _higher(cursor_value(top), old)):
                     store.set_meta(WATERMARK, cursor_value(top))
             if fresh:
-                ctx.progress(f"sync: claimed {report.new_rows} notifications into batch {batch_id}")
+                ctx.progress(
+                    f"sync: claimed {report.new_rows} notifications into batch {batch_id}",
+                    batch=batch_id,
+                    counts={"new_rows": report.new_rows, "invalid": report.invalid, "expired": report.expired},
+                )
                 ctx.meter("sync: claimed", report.new_rows, 0)
             ctx.check_stop()
     finally:

@@ -122,7 +122,8 @@ def run(ctx: Context, dry_run: bool = False, wait: bool = True) -> WaitReport:
             continue
         _finish(ctx, result)
         report.results.append(result)
-        ctx.progress(f"wait-import: batch {batch.id} import {result.status}")
+        counts = {"total": result.total, "ok": result.ok, "rejected": result.errors, "duplicates": result.duplicates}
+        ctx.progress(f"wait-import: batch {batch.id} import {result.status}", counts=counts)
     if report.pending:
         raise ImportPending(f"import still pending for batch {', '.join(map(str, report.pending))}")
     return report
