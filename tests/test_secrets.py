@@ -232,6 +232,7 @@ def test_config_check_never_prints_url_userinfo(tmp_path: Path) -> None:
 def test_a_failing_slack_alert_never_logs_the_webhook_path(tmp_path: Path) -> None:
     config = base()
     config["alerts"]["slack_webhook"] = "http://127.0.0.1:9/services/T0000/B0000/SlackHookPath42"
+    config["state"]["path"] = str(tmp_path / "state.db")  # its own: a shared one may remember an earlier alert
     result = run_cli(write_config(tmp_path, config), "alert", "--unit", "mcnotify.service")
     assert result.exit_code == 0 and "Slack alert failed" in result.output, result.output
     assert "SlackHookPath42" not in result.output
