@@ -9,6 +9,9 @@ RSS, open files and CPU while the source is quiet.
 
     python bench/latency.py [--import-lag 15] [--latency-ms 50] [--rate 10] [--seconds 60] [--burst 100000]
                             [--quiet-seconds 30] [--api transactional,triggered-send]
+
+The 30-minute soak: --seconds 1800 --api transactional --quiet-seconds 60 (the follower's RSS, open files and CPU
+sampled every 30 s while events arrive, growth measured after a 5-minute warm-up).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ QUERY = (
     " FROM notifications WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s"
 )
 KNOWN_MEMBERS = 400
+SAMPLE_EVERY = 30.0  # seconds between samples of the follower's RSS, open files and CPU
+WARM_UP = 300.0  # the soak's growth is measured from here (caches and pools filled)
 
 
 def start_sandbox(workdir: Path, latency_ms: float, import_lag: float) -> tuple[subprocess.Popen[str], str, str]:
@@ -184,9 +189,14 @@ def run_case(args: argparse.Namespace, tmp: Path, api: str) -> dict[str, Any]:
         time.sleep(2)
         period = 1 / args.rate
         started = time.monotonic()
+        samples: list[tuple[float, float, int, float]] = []  # (seconds in, RSS MiB, open files, CPU seconds)
+        next_sample = started
         for i in range(int(args.rate * args.seconds)):
             time.sleep(max(0.0, started + i * period - time.monotonic()))
             events.add()
+            if time.monotonic() >= next_sample:  # the follower's footprint while events arrive (the soak)
+                samples.append((round(time.monotonic() - started), *proc_sample(follower.pid)))
+                next_sample += SAMPLE_EVERY
         expected = before + 2 * events.event
         deadline = time.monotonic() + 2 * args.import_lag + 60
         records = accepted(url)
@@ -194,6 +204,19 @@ def run_case(args: argparse.Namespace, tmp: Path, api: str) -> dict[str, Any]:
             time.sleep(1)
             records = accepted(url)
         result: dict[str, Any] = {"api": api, "events": events.event, "accepted": len(records) - before}
+        warm = [x for x in samples if x[0] >= WARM_UP]
+        if len(warm) >= 2:
+            result["soak"] = {
+                "seconds": round(args.seconds),
+                "rss_mb_after_warm_up": [
+                    round(warm[0][1], 1),
+                    round(max(x[1] for x in warm), 1),
+                    round(warm[-1][1], 1),
+                ],
+                "rss_growth_mb": round(warm[-1][1] - warm[0][1], 1),
+                "open_files": [warm[0][2], max(x[2] for x in warm), warm[-1][2]],
+                "cpu_percent_busy": round(100 * (warm[-1][3] - warm[0][3]) / max(1, warm[-1][0] - warm[0][0]), 1),
+            }
         latencies: dict[str, list[float]] = {}
         for m in records[before:]:
             event = int(m["attributes"].get("event_id") or 0)
@@ -254,6 +277,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--burst", type=int, default=0, help="rows committed at once after the steady part")
     parser.add_argument("--quiet-seconds", type=float, default=0.0, help="measure CPU/RSS with a quiet source")
+    # The soak: --seconds 1800 --api transactional (RSS and open files sampled every 30 s after a 5-minute warm-up)
     parser.add_argument("--api", default="transactional,triggered-send")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = parser.parse_args()
@@ -271,7 +295,7 @@ def main() -> None:
             ok = "yes" if f["p95"] <= target else "NO"
             figures = f"{f['count']:6} {f['p50']:7.2f} {f['p95']:7.2f} {f['max']:7.2f}"
             print(f"{r['api']:16} {name:16} {figures}  ≤ {target:g} {ok}")
-        for extra in ("burst", "quiet"):
+        for extra in ("burst", "quiet", "soak"):
             if extra in r:
                 print(f"{r['api']:16} {extra}: {r[extra]}")
         print(
