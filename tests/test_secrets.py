@@ -27,7 +27,7 @@ from mcnotify.sandbox.model import SandboxSettings
 from mcnotify.state import StateStore
 from mcnotify.state.schema import MIGRATIONS
 from mcnotify.steps import Context
-from mcnotify.steps.sync import message_key
+from mcnotify.steps.classify import message_key
 from tests.conftest import Env
 from tests.helpers import QUERY, TEMPLATES, dump_toml, run_cli
 

@@ -358,7 +358,7 @@ def test_a_text_cursor_in_the_databases_own_order_is_not_refused(env: Env) -> No
 
 
 def test_an_id_with_a_trailing_newline_gets_a_valid_hashed_key() -> None:
-    from mcnotify.steps.sync import message_key
+    from mcnotify.steps.classify import message_key
 
     key = message_key("mcn", "email", "1002\n")
     assert key.startswith("mcn-email-h") and "\n" not in key and len(key) <= 100

@@ -21,7 +21,8 @@ from mcnotify.mc.client import McClient
 from mcnotify.sandbox import Sandbox
 from mcnotify.sandbox.model import SandboxSettings
 from mcnotify.state import StateStore
-from mcnotify.steps.sync import message_key, write_csv
+from mcnotify.steps.classify import message_key
+from mcnotify.steps.sync import write_csv
 from tests.helpers import run_cli
 
 csv_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
@@ -215,7 +216,7 @@ def test_watermark_values_stay_comparable_across_runs() -> None:
     import datetime
     import decimal
 
-    from mcnotify.steps.sync import cursor_value
+    from mcnotify.steps.classify import cursor_value
 
     assert cursor_value(decimal.Decimal("120")) == 120 and cursor_value(decimal.Decimal("120")) > 99
     earlier = cursor_value(datetime.datetime(2026, 11, 23, 9, 5))

@@ -115,9 +115,12 @@ class McClient:
         api: str = "rest",
         json: Any = None,
         soap: tuple[str, Callable[[str], str]] | None = None,
+        check: Callable[[int, Any], None] | None = None,
         idempotent: bool = True,
     ) -> Reply:
-        """Send one request. `soap` is (SOAPAction, envelope builder taking the token)."""
+        """Send one request. `soap` is (SOAPAction, envelope builder taking the token). `check(status, body)`
+        raises for an answer that is an error (AuthExpired, TransientMcError, McApiError); the default reads
+        REST's status codes (SOAP passes its fault reader)."""
         refreshed = False
 
         def attempt() -> Reply:
@@ -159,7 +162,10 @@ class McClient:
                 raise TransientMcError(problem) from None
             body = self._parse(resp, soap is not None)
             try:
-                self._raise_for_status(resp, body, soap is not None)
+                if check is not None:
+                    check(resp.status_code, body)
+                else:
+                    self._raise_for_status(resp, body)
             except AuthExpired:
                 if refreshed:
                     raise
@@ -213,13 +219,8 @@ class McClient:
             return resp.text
 
     @staticmethod
-    def _raise_for_status(resp: requests.Response, body: Any, soap: bool) -> None:
+    def _raise_for_status(resp: requests.Response, body: Any) -> None:
         code = resp.status_code
-        if soap:
-            from mcnotify.mc.soap import check_fault  # SOAP faults carry auth and throttling errors
-
-            check_fault(code, body)
-            return
         if code == 401:
             raise AuthExpired("MC answered 401 Not Authorized", code)
         if code == 429 or code >= 500:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from mcnotify.errors import AuthExpired, McApiError, TransientMcError
-from mcnotify.mc.client import McClient
+from mcnotify.mc.client import McClient  # soap builds on the client; the client knows nothing of SOAP
 
 ENV_OPEN = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -127,7 +127,12 @@ def start_import(client: McClient, customer_key: str) -> str:
         f"<CustomerKey>{escape(customer_key)}</CustomerKey></Definition></Definitions></PerformRequestMsg>"
     )
     reply = client.call(
-        "POST", "Service.asmx", api="soap", soap=("Perform", lambda t: envelope(t, body)), idempotent=False
+        "POST",
+        "Service.asmx",
+        api="soap",
+        soap=("Perform", lambda t: envelope(t, body)),
+        check=check_fault,
+        idempotent=False,
     )
     root = _parse(reply.body)
     status = _text(root, "StatusCode")
@@ -151,7 +156,9 @@ def import_summary(client: McClient, task_id: str) -> ImportSummary | None:
         f"<SimpleOperator>equals</SimpleOperator><Value>{escape(task_id)}</Value></Filter>"
         "</RetrieveRequest></RetrieveRequestMsg>"
     )
-    reply = client.call("POST", "Service.asmx", api="soap", soap=("Retrieve", lambda t: envelope(t, body)))
+    reply = client.call(
+        "POST", "Service.asmx", api="soap", soap=("Retrieve", lambda t: envelope(t, body)), check=check_fault
+    )
     root = _parse(reply.body)
     overall = _text(root, "OverallStatus") or ""
     if overall not in ("OK", "MoreDataAvailable"):
@@ -187,7 +194,9 @@ def import_runs(client: McClient, customer_key: str) -> list[ImportRun]:
         f"<SimpleOperator>equals</SimpleOperator><Value>{escape(customer_key)}</Value></Filter>"
         "</RetrieveRequest></RetrieveRequestMsg>"
     )
-    reply = client.call("POST", "Service.asmx", api="soap", soap=("Retrieve", lambda t: envelope(t, body)))
+    reply = client.call(
+        "POST", "Service.asmx", api="soap", soap=("Retrieve", lambda t: envelope(t, body)), check=check_fault
+    )
     root = _parse(reply.body)
     overall = _text(root, "OverallStatus") or ""
     if overall not in ("OK", "MoreDataAvailable"):

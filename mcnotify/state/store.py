@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
+import operator
 import os
 import secrets
 import shutil
@@ -94,6 +96,17 @@ class NewNotification:
     message_key: str | None
     cursor: Any = None  # the source's cursor value for this row (not stored)
     event_at: float | None = None  # the source's created_at as a Unix time, when the query returns one
+
+    # How a row crosses the pipe from sync's reading process: plain tuples pickle several times faster.
+    def to_tuple(self) -> tuple[Any, ...]:
+        return _NEW_NOTIFICATION_FIELDS(self)
+
+    @classmethod
+    def from_tuple(cls, values: tuple[Any, ...]) -> NewNotification:
+        return cls(*values)
+
+
+_NEW_NOTIFICATION_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(NewNotification)))
 
 
 @dataclass(frozen=True)

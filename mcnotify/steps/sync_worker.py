@@ -16,8 +16,6 @@ rather than be unpickled.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import operator
 import os
 import pickle
 import queue
@@ -81,7 +79,7 @@ def classified(ctx: Context, after: Any, limit: int, kind: str | None = None) ->
                 name, message = payload
                 raise ERRORS.get(name, McnotifyError)(message if name in ERRORS else f"sync: {name}: {message}")
             rows, top, count = payload
-            yield [NewNotification(*row) for row in rows], top, count
+            yield [NewNotification.from_tuple(row) for row in rows], top, count
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -130,17 +128,14 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing but messages may reach the pipe
     settings, after, limit, kind = pickle.load(sys.stdin.buffer)
     from mcnotify.source import open_source
-    from mcnotify.steps.sync import CursorOrder, _pages, classified_chunks
-
-    # Plain tuples pickle and unpickle several times faster than dataclass instances.
-    as_tuple = operator.attrgetter(*(f.name for f in dataclasses.fields(NewNotification)))
+    from mcnotify.steps.classify import CursorOrder, classified_chunks, pages
 
     try:
         source = open_source(settings.section("source"))
         try:
-            rows = _pages(source, after, limit, CursorOrder(settings.section("source")["cursor_column"], kind))
+            rows = pages(source, after, limit, CursorOrder(settings.section("source")["cursor_column"], kind))
             for notifications, top, count in classified_chunks(settings, rows):
-                _send(out, ("chunk", ([as_tuple(n) for n in notifications], top, count)))
+                _send(out, ("chunk", ([n.to_tuple() for n in notifications], top, count)))
         finally:
             source.close()
         _send(out, ("done", None))
