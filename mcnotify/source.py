@@ -15,11 +15,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-from mcnotify import stop
+from mcnotify import retrying, stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
-from mcnotify.logs import retry_logger
 
 log = logging.getLogger(__name__)
 CONNECT_ATTEMPTS = 3
@@ -125,14 +122,6 @@ class MySQLSource:
 
         where = f"{self._params['host']}:{self._params['port']}"
 
-        @retry(
-            retry=retry_if_exception_type(ServiceUnavailable),
-            stop=stop_after_attempt(CONNECT_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.5, max=4),
-            sleep=stop.sleep,  # a stop request ends the backoff at once (Stopped)
-            before_sleep=retry_logger(log, f"MySQL connect to {where}", CONNECT_ATTEMPTS),
-            reraise=True,
-        )
         def attempt() -> Any:
             started = time.monotonic()
             try:
@@ -149,7 +138,15 @@ class MySQLSource:
                     raise ConfigError(f"MySQL {where} refused the login: {exc.args[1]}") from None
                 raise ServiceUnavailable(f"MySQL {where} unreachable: {exc.args[-1]}") from None
 
-        return attempt()
+        return retrying.call(
+            attempt,
+            f"MySQL connect to {where}",
+            CONNECT_ATTEMPTS,
+            ServiceUnavailable,
+            logger=log,
+            first_wait=0.5,
+            max_wait=4,
+        )
 
     def rows(self, after: Any, limit: int) -> Iterator[dict[str, Any]]:
         pymysql = self._pymysql

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "mcnotify"
 
 
@@ -71,3 +73,35 @@ def test_nothing_below_the_cli_imports_typer_or_rich() -> None:
             )
             offenders += [f"{name}: {r}" for r in roots if r.split(".")[0] in ("typer", "rich", "click")]
     assert not offenders, offenders
+
+
+def test_the_one_retry_policy_logs_each_retry_and_yields_to_a_stop(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+    import time
+
+    from mcnotify import retrying, stop
+    from mcnotify.errors import Stopped
+
+    attempts: list[float] = []
+
+    def failing() -> None:
+        attempts.append(time.monotonic())
+        raise ConnectionError("refused")
+
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ConnectionError):
+        retrying.call(failing, "thing", 3, ConnectionError, logger=logging.getLogger("t"), first_wait=0.01)
+    assert len(attempts) == 3
+    assert "thing: refused; attempt 1 of 3 failed, retrying in" in caplog.text
+    attempts.clear()
+    timer = threading.Timer(0.3, stop.request_stop)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Stopped):
+            retrying.call(failing, "thing", 5, ConnectionError, logger=logging.getLogger("t"), first_wait=60)
+    finally:
+        timer.cancel()
+        stop.reset()
+    assert len(attempts) == 1 and time.monotonic() - started < 5  # not the 60 s backoff

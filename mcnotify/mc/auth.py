@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from mcnotify import stop
+from mcnotify import retrying, stop
 from mcnotify.config import hide_userinfo, parse_http_url
 from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
-from mcnotify.logs import retry_logger
 from mcnotify.mc import wire
 from mcnotify.state.perms import tighten
 from mcnotify.state.store import Token
@@ -184,14 +182,6 @@ class TokenProvider:
         host = url.partition("://")[2].partition("/")[0]  # checked: no userinfo
         plain_http = url.startswith("http://")  # allowed only to loopback
 
-        @retry(
-            retry=retry_if_exception_type(TransientMcError),
-            stop=stop_after_attempt(int(s["max_attempts"])),
-            wait=wait_exponential(multiplier=1, max=float(s["backoff_max"])),
-            sleep=stop.sleep,  # a stop request ends the backoff at once (Stopped)
-            before_sleep=retry_logger(log, "MC token request", int(s["max_attempts"])),
-            reraise=True,
-        )
         def post() -> requests.Response:
             stop.check()
             self.requests_made += 1
@@ -211,7 +201,14 @@ class TokenProvider:
             return resp
 
         try:
-            resp = post()
+            resp = retrying.call(
+                post,
+                "MC token request",
+                int(s["max_attempts"]),
+                TransientMcError,
+                logger=log,
+                max_wait=float(s["backoff_max"]),
+            )
         except TransientMcError as exc:
             raise ServiceUnavailable(f"{exc} after {s['max_attempts']} attempts") from None
         try:

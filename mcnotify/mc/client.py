@@ -22,11 +22,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 
-from mcnotify import stop
+from mcnotify import retrying, stop
 from mcnotify.errors import AuthExpired, ServiceUnavailable, TransientMcError
-from mcnotify.logs import retry_logger
 from mcnotify.mc import wire
 from mcnotify.mc.auth import TokenProvider
 
@@ -74,6 +73,8 @@ class McClient:
         self.tokens = tokens
         self._sleep = sleep
         self._local = threading.local()
+        self._sessions: set[requests.Session] = set()  # every thread's, so that close() closes them all
+        self._sessions_lock = threading.Lock()
         self.on_throttle = on_throttle  # called on every 429, e.g. to lower concurrency
         self.retries = 0
 
@@ -87,13 +88,18 @@ class McClient:
         if session is None:
             session = wire.new_session()
             self._local.session = session
+            with self._sessions_lock:
+                self._sessions.add(session)
         self._local.last_used = now
         return session
 
     def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
+        """Close every thread's session (the send pool's threads each opened one), not only this thread's."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, set()
+        for session in sessions:
             session.close()
+        self._local.session = None
 
     def _backoff(self, attempt: int, hint: float | None) -> float:
         cap = float(self._section["backoff_max"])
@@ -183,22 +189,21 @@ class McClient:
             return Reply(resp.status_code, body, resp.headers)
 
         attempts = int(self._section["max_attempts"])
-        announce = retry_logger(log, f"MC {method} /{urlsplit(path).path.lstrip('/')}", attempts)
 
-        def before_sleep(state: RetryCallState) -> None:
+        def counted(_: RetryCallState) -> None:
             self.retries += 1
-            announce(state)
 
-        retrying = Retrying(
-            stop=stop_after_attempt(attempts),
+        policy = retrying.policy(
+            f"MC {method} /{urlsplit(path).path.lstrip('/')}",
+            attempts,
+            TransientMcError,
+            logger=log,
             wait=self._wait,
-            retry=retry_if_exception_type(TransientMcError),
             sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
+            on_retry=counted,
         )
         try:
-            return retrying(attempt)
+            return policy(attempt)
         except TransientMcError as exc:
             raise ServiceUnavailable(f"{exc} (gave up after {attempts} attempts)") from None
 

@@ -19,9 +19,8 @@ from typing import Any
 
 import paramiko
 
-from mcnotify import stop
+from mcnotify import retrying, stop
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
-from mcnotify.logs import log_retry
 
 log = logging.getLogger(__name__)
 CONNECT_ATTEMPTS = 3
@@ -84,11 +83,8 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
     host, port = section["host"], int(section["port"])
     where = f"{host}:{port}"
     timeout = float(section["timeout"])
-    last = ""
-    for attempt in range(CONNECT_ATTEMPTS):
-        if attempt:
-            log_retry(log, f"SFTP connect to {where}", last, attempt, CONNECT_ATTEMPTS, 2.0**attempt)
-            stop.sleep(2.0**attempt)  # a stop request ends it at once (Stopped)
+
+    def attempt() -> paramiko.SSHClient:
         started = time.monotonic()
         try:
             client.connect(
@@ -123,11 +119,21 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
                     f"SFTP host {where} is not in {known_hosts}; verify its key and add it "
                     f"(ssh-keyscan -p {port} {host})"
                 ) from None
-            last = f"SSH error: {exc}"
+            raise _Unreachable(f"SSH error: {exc}") from None
         except (TimeoutError, OSError, EOFError) as exc:
             client.close()
-            last = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
-    raise ServiceUnavailable(f"SFTP {where} unreachable after {CONNECT_ATTEMPTS} attempts ({last})")
+            raise _Unreachable(f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    try:
+        return retrying.call(
+            attempt, f"SFTP connect to {where}", CONNECT_ATTEMPTS, _Unreachable, logger=log, first_wait=2.0, max_wait=8
+        )
+    except _Unreachable as exc:
+        raise ServiceUnavailable(f"SFTP {where} unreachable after {CONNECT_ATTEMPTS} attempts ({exc})") from None
+
+
+class _Unreachable(Exception):
+    """A connection attempt that failed in a way worth retrying (the network, not the key or the login)."""
 
 
 def upload(section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
