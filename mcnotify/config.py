@@ -14,10 +14,10 @@ import re
 import stat
 import string
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args, get_type_hints
 from urllib.parse import unquote, urlsplit
 
 from mcnotify import message_keys
@@ -125,94 +125,191 @@ def _check_region(value: str) -> str | None:
     return None if value.upper() in phonenumbers.SUPPORTED_REGIONS else "is not a known region code such as TW or US"
 
 
-SCHEMA: dict[str, dict[str, Key]] = {
-    "state": {"path": Key(str, "/var/lib/mcnotify/state.db")},
-    "source": {
-        "url": Key(str, required=True, check=_check_source_url),
-        "query": Key(str, required=True),
-        "batch_limit": Key(int, 50_000, check=_between(1, 10_000_000)),
-        "cursor_column": Key(str, "notification_id"),
-        "overlap": Key(int, 1000, check=_between(0, 10_000_000)),
-        "password": Key(str, secret=True),
-        "fetch_size": Key(int, 5000, check=_between(1, 1_000_000)),
-        "parallel_after": Key(int, 20_000, check=_between(0, 100_000_000)),
-        "connect_timeout": Key(float, 10.0, check=_between(0.1, 600)),
-        "poll_interval": Key(float, 1.0, check=_between(0.05, 3600)),  # run-all --follow: seconds between reads
-        # Hours: a row whose created_at is older is recorded `expired`, never sent (0: off).
-        "max_age": Key(float, 48.0, check=_between(0, 100_000)),
-    },
-    "marketing_cloud": {
-        "auth_url": Key(str, required=True, parse=_http_url),
-        "client_id": Key(str, required=True),
-        "client_secret": Key(str, required=True, secret=True),
-        "account_id": Key(str),
-        "scope": Key(str),
-        "timeout": Key(float, 30.0, check=_between(0.1, 600)),
-        "max_attempts": Key(int, 5, check=_between(1, 20)),
-        "backoff_max": Key(float, 60.0, check=_between(0, 3600)),
-        "idle_close": Key(float, 4.0, check=_between(0, 60)),
-        "token_margin": Key(float, 120.0, check=_between(0, 3600)),
-    },
-    "sftp": {
-        "host": Key(str, required=True),
-        "port": Key(int, 22, check=_between(1, 65535)),
-        "username": Key(str, required=True),
-        "key_file": Key(str),
-        "key_passphrase": Key(str, secret=True),
-        "password": Key(str, secret=True),
-        "known_hosts": Key(str, required=True),
-        "remote_dir": Key(str, "/Import"),
-        "file_name": Key(str, "mcnotify-subscribers.csv"),
-        "timeout": Key(float, 30.0, check=_between(0.1, 600)),
-    },
-    "import": {
-        "mode": Key(str, "import-definition", check=_one_of("import-definition", "fixed-delay")),
-        "definition_key": Key(str),
-        "poll_interval": Key(float, 15.0, check=_between(0.01, 3600)),
-        "timeout": Key(float, 1800.0, check=_between(0.1, 86400)),
-        "delay": Key(float, 120.0, check=_between(0, 86400)),
-        "clock_skew": Key(float, 5.0, check=_between(0, 3600)),
-    },
-    "email": {
-        "api": Key(str, "transactional", check=_one_of("transactional", "triggered-send")),
-        "batch_size": Key(int, 500, check=_between(1, 2000)),
-        "concurrency": Key(int, 5, check=_between(1, 64)),
-        "rate_limit": Key(float, 0.0, check=_between(0, 1_000_000)),
-        "from_name_attribute": Key(str, "SenderDisplayName"),
-        "from_address": Key(str),
-        "message_key_prefix": Key(str, "mcn", check=_check_key_prefix),
-        # new-contacts: an email whose subscriber MC already holds with that address goes at once; only new and
-        # changed contacts wait for their import. always: every email waits for its batch's import (as before
-        # 0.2). never: nothing waits (only for definitions with autoAddSubscriber/updateSubscriber on).
-        "wait_for_import": Key(str, "new-contacts", check=_one_of("new-contacts", "always", "never")),
-    },
-    "sms": {
-        "api": Key(str, "transactional", check=_one_of("transactional")),
-        "default_region": Key(str, "TW", check=_check_region),
-        "batch_size": Key(int, 500, check=_between(1, 2000)),
-        "concurrency": Key(int, 5, check=_between(1, 64)),
-        "rate_limit": Key(float, 0.0, check=_between(0, 1_000_000)),
-        # MC's transactional SMS does not use the email subscriber, so SMS need not wait for the import.
-        "wait_for_import": Key(bool, False),
-    },
+def key(
+    default: Any = None,
+    *,
+    required: bool = False,
+    secret: bool = False,
+    check: Checker | None = None,
+    parse: Callable[[Any], Any] | None = None,
+) -> Any:
+    """A config key: a dataclass field whose metadata tells validation how to read it (the type comes from the
+    field's annotation)."""
+    return field(
+        default=default, metadata={"key": {"required": required, "secret": secret, "check": check, "parse": parse}}
+    )
+
+
+class Section(Mapping[str, Any]):
+    """One validated, frozen section: read it by attribute (`settings.email.batch_size`, an int to mypy). It
+    is also a read-only mapping (`section["batch_size"]`) for generic code such as `config check`."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names():
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]  # subclasses are dataclasses
+
+
+@dataclass(frozen=True)
+class StateSettings(Section):
+    """[state]"""
+
+    path: str = key("/var/lib/mcnotify/state.db")
+
+
+@dataclass(frozen=True)
+class SourceSettings(Section):
+    """[source]"""
+
+    url: str = key(required=True, check=_check_source_url)
+    query: str = key(required=True)
+    batch_limit: int = key(50_000, check=_between(1, 10_000_000))
+    cursor_column: str = key("notification_id")
+    overlap: int = key(1000, check=_between(0, 10_000_000))
+    password: str | None = key(secret=True)
+    fetch_size: int = key(5000, check=_between(1, 1_000_000))
+    parallel_after: int = key(20_000, check=_between(0, 100_000_000))
+    connect_timeout: float = key(10.0, check=_between(0.1, 600))
+    poll_interval: float = key(1.0, check=_between(0.05, 3600))  # run-all --follow: seconds between reads
+    # Hours: a row whose created_at is older is recorded `expired`, never sent (0: off).
+    max_age: float = key(48.0, check=_between(0, 100_000))
+
+
+@dataclass(frozen=True)
+class MarketingCloudSettings(Section):
+    """[marketing_cloud]"""
+
+    auth_url: str = key(required=True, parse=_http_url)
+    client_id: str = key(required=True)
+    client_secret: str = key(required=True, secret=True)
+    account_id: str | None = key()
+    scope: str | None = key()
+    timeout: float = key(30.0, check=_between(0.1, 600))
+    max_attempts: int = key(5, check=_between(1, 20))
+    backoff_max: float = key(60.0, check=_between(0, 3600))
+    idle_close: float = key(4.0, check=_between(0, 60))
+    token_margin: float = key(120.0, check=_between(0, 3600))
+
+
+@dataclass(frozen=True)
+class SftpSettings(Section):
+    """[sftp]"""
+
+    host: str = key(required=True)
+    port: int = key(22, check=_between(1, 65535))
+    username: str = key(required=True)
+    key_file: str | None = key()
+    key_passphrase: str | None = key(secret=True)
+    password: str | None = key(secret=True)
+    known_hosts: str = key(required=True)
+    remote_dir: str = key("/Import")
+    file_name: str = key("mcnotify-subscribers.csv")
+    timeout: float = key(30.0, check=_between(0.1, 600))
+
+
+@dataclass(frozen=True)
+class ImportSettings(Section):
+    """[import]"""
+
+    mode: str = key("import-definition", check=_one_of("import-definition", "fixed-delay"))
+    definition_key: str | None = key()
+    poll_interval: float = key(15.0, check=_between(0.01, 3600))
+    timeout: float = key(1800.0, check=_between(0.1, 86400))
+    delay: float = key(120.0, check=_between(0, 86400))
+    clock_skew: float = key(5.0, check=_between(0, 3600))
+
+
+@dataclass(frozen=True)
+class EmailSettings(Section):
+    """[email]"""
+
+    api: str = key("transactional", check=_one_of("transactional", "triggered-send"))
+    batch_size: int = key(500, check=_between(1, 2000))
+    concurrency: int = key(5, check=_between(1, 64))
+    rate_limit: float = key(0.0, check=_between(0, 1_000_000))
+    from_name_attribute: str = key("SenderDisplayName")
+    from_address: str | None = key()
+    message_key_prefix: str = key("mcn", check=_check_key_prefix)
+    # new-contacts: an email whose subscriber MC already holds with that address goes at once; only new and
+    # changed contacts wait for their import. always: every email waits for its batch's import (as before
+    # 0.2). never: nothing waits (only for definitions with autoAddSubscriber/updateSubscriber on).
+    wait_for_import: str = key("new-contacts", check=_one_of("new-contacts", "always", "never"))
+
+
+@dataclass(frozen=True)
+class SmsSettings(Section):
+    """[sms]"""
+
+    api: str = key("transactional", check=_one_of("transactional"))
+    default_region: str = key("TW", check=_check_region)
+    batch_size: int = key(500, check=_between(1, 2000))
+    concurrency: int = key(5, check=_between(1, 64))
+    rate_limit: float = key(0.0, check=_between(0, 1_000_000))
+    # MC's transactional SMS does not use the email subscriber, so SMS need not wait for the import.
+    wait_for_import: bool = key(False)
+
+
+@dataclass(frozen=True)
+class AlertsSettings(Section):
+    """[alerts]"""
+
+    slack_webhook: str | None = key(secret=True, parse=_http_url_with_query)
+    ping_url: str | None = key(parse=_http_url)
+    smtp_host: str | None = key()
+    smtp_port: int = key(587, check=_between(1, 65535))
+    smtp_security: str = key("starttls", check=_one_of("starttls", "ssl", "none"))
+    smtp_username: str | None = key()
+    smtp_password: str | None = key(secret=True)
+    smtp_from: str = key("mcnotify@localhost")
+    smtp_to: str | None = key()
+    on_recovery: bool = key(False)
+    after: float = key(300.0, check=_between(0, 86400))  # run-all --follow: alert once a failure lasts this long
+    repeat_after: float = key(3600.0, check=_between(0, 7 * 86400))  # the same failure again: alert again after
+    timeout: float = key(10.0, check=_between(0.1, 300))
+
+
+@dataclass(frozen=True)
+class MetricsSettings(Section):
+    """[metrics]"""
+
+    textfile: str | None = key()
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "state": StateSettings,
+    "source": SourceSettings,
+    "marketing_cloud": MarketingCloudSettings,
+    "sftp": SftpSettings,
+    "import": ImportSettings,
+    "email": EmailSettings,
+    "sms": SmsSettings,
+    "alerts": AlertsSettings,
+    "metrics": MetricsSettings,
 }
 
-SCHEMA["alerts"] = {
-    "slack_webhook": Key(str, secret=True, parse=_http_url_with_query),
-    "ping_url": Key(str, parse=_http_url),
-    "smtp_host": Key(str),
-    "smtp_port": Key(int, 587, check=_between(1, 65535)),
-    "smtp_security": Key(str, "starttls", check=_one_of("starttls", "ssl", "none")),
-    "smtp_username": Key(str),
-    "smtp_password": Key(str, secret=True),
-    "smtp_from": Key(str, "mcnotify@localhost"),
-    "smtp_to": Key(str),
-    "on_recovery": Key(bool, False),
-    "after": Key(float, 300.0, check=_between(0, 86400)),  # run-all --follow: alert once a failure lasts this long
-    "repeat_after": Key(float, 3600.0, check=_between(0, 7 * 86400)),  # the same failure again: alert again after
-    "timeout": Key(float, 10.0, check=_between(0.1, 300)),
-}
-SCHEMA["metrics"] = {"textfile": Key(str)}
+
+def _schema_of(cls: type[Section]) -> dict[str, Key]:
+    hints = get_type_hints(cls)
+    out = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        want = hints[f.name]
+        base = next((t for t in get_args(want) if t is not type(None)), want)  # `str | None` -> str
+        out[f.name] = Key(base, f.default, **f.metadata["key"])
+    return out
+
+
+# Derived from the dataclasses: what validation, env overrides and `*_file` handling read.
+SCHEMA: dict[str, dict[str, Key]] = {name: _schema_of(cls) for name, cls in SECTIONS.items()}
 
 TEMPLATE_SCHEMA: dict[str, Key] = {
     "channel": Key(str, required=True, check=_one_of("email", "sms")),
@@ -233,13 +330,50 @@ class Template:
 class Settings:
     """Validated settings; `section(name)` gives a read-only mapping of one section's keys."""
 
-    values: Mapping[str, Mapping[str, Any]]
+    values: Mapping[str, Section]
     templates: Mapping[str, Template]
     path: Path | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
-    def section(self, name: str) -> Mapping[str, Any]:
+    def section(self, name: str) -> Section:
         return self.values[name]
+
+    # One typed attribute per section: a misspelt key is a mypy error, a value has its own type.
+    @property
+    def state(self) -> StateSettings:
+        return cast(StateSettings, self.values["state"])
+
+    @property
+    def source(self) -> SourceSettings:
+        return cast(SourceSettings, self.values["source"])
+
+    @property
+    def marketing_cloud(self) -> MarketingCloudSettings:
+        return cast(MarketingCloudSettings, self.values["marketing_cloud"])
+
+    @property
+    def sftp(self) -> SftpSettings:
+        return cast(SftpSettings, self.values["sftp"])
+
+    @property
+    def import_(self) -> ImportSettings:
+        return cast(ImportSettings, self.values["import"])
+
+    @property
+    def email(self) -> EmailSettings:
+        return cast(EmailSettings, self.values["email"])
+
+    @property
+    def sms(self) -> SmsSettings:
+        return cast(SmsSettings, self.values["sms"])
+
+    @property
+    def alerts(self) -> AlertsSettings:
+        return cast(AlertsSettings, self.values["alerts"])
+
+    @property
+    def metrics(self) -> MetricsSettings:
+        return cast(MetricsSettings, self.values["metrics"])
 
     @property
     def state_path(self) -> Path:
@@ -583,7 +717,7 @@ def _parse(data: dict[str, Any], path: Path | None, environ: Mapping[str, str]) 
         if len(path_part) >= 8:
             secrets.append(path_part)
     return Settings(
-        values=values,
+        values={sec: SECTIONS[sec](**body) for sec, body in values.items()},
         templates=templates,
         path=path,
         secrets=tuple(sorted(set(secrets), key=len, reverse=True)),
