@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, cast, get_args, get_type_hints
+from typing import Any, Literal, cast, get_args, get_type_hints, overload
 from urllib.parse import unquote, urlsplit
 
 from mcnotify import message_keys
@@ -335,7 +335,28 @@ class Settings:
     path: Path | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
+    @overload
+    def section(self, name: Literal["state"]) -> StateSettings: ...
+    @overload
+    def section(self, name: Literal["source"]) -> SourceSettings: ...
+    @overload
+    def section(self, name: Literal["marketing_cloud"]) -> MarketingCloudSettings: ...
+    @overload
+    def section(self, name: Literal["sftp"]) -> SftpSettings: ...
+    @overload
+    def section(self, name: Literal["import"]) -> ImportSettings: ...
+    @overload
+    def section(self, name: Literal["email"]) -> EmailSettings: ...
+    @overload
+    def section(self, name: Literal["sms"]) -> SmsSettings: ...
+    @overload
+    def section(self, name: Literal["alerts"]) -> AlertsSettings: ...
+    @overload
+    def section(self, name: Literal["metrics"]) -> MetricsSettings: ...
+    @overload
+    def section(self, name: str) -> Section: ...
     def section(self, name: str) -> Section:
+        """A section by name (generic code: `config check`, a channel's settings); typed for a literal name."""
         return self.values[name]
 
     # One typed attribute per section: a misspelt key is a mypy error, a value has its own type.

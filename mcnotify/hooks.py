@@ -40,38 +40,38 @@ def _post(url: str, timeout: float, json: Any = None) -> None:
 
 
 def _ping(settings: Settings, suffix: str) -> None:
-    alerts = settings.section("alerts")
-    if alerts["ping_url"]:
-        url = alerts["ping_url"].rstrip("/") + suffix
-        _guarded("healthchecks ping", lambda: _post(url, alerts["timeout"]))
+    alerts = settings.alerts
+    if alerts.ping_url:
+        url = alerts.ping_url.rstrip("/") + suffix
+        _guarded("healthchecks ping", lambda: _post(url, alerts.timeout))
 
 
-def _email(settings: Settings, subject: str, body: str) -> None:
-    a = settings.section("alerts")
+def _email(settings: Settings, host: str, to: str, subject: str, body: str) -> None:
+    a = settings.alerts
     message = EmailMessage()
-    message["Subject"], message["From"] = subject, a["smtp_from"]
-    message["To"] = ", ".join(t.strip() for t in a["smtp_to"].split(",") if t.strip())
+    message["Subject"], message["From"] = subject, a.smtp_from
+    message["To"] = ", ".join(t.strip() for t in to.split(",") if t.strip())
     message.set_content(body)
-    if a["smtp_security"] == "ssl":
+    if a.smtp_security == "ssl":
         smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-            a["smtp_host"], a["smtp_port"], timeout=a["timeout"], context=ssl.create_default_context()
+            host, a.smtp_port, timeout=a.timeout, context=ssl.create_default_context()
         )
     else:
-        smtp = smtplib.SMTP(a["smtp_host"], a["smtp_port"], timeout=a["timeout"])
+        smtp = smtplib.SMTP(host, a.smtp_port, timeout=a.timeout)
     with smtp:
-        if a["smtp_security"] == "starttls":
+        if a.smtp_security == "starttls":
             smtp.starttls(context=ssl.create_default_context())
-        if a["smtp_username"]:
-            smtp.login(a["smtp_username"], a["smtp_password"] or "")
+        if a.smtp_username:
+            smtp.login(a.smtp_username, a.smtp_password or "")
         smtp.send_message(message)
 
 
 def alert(settings: Settings, subject: str, body: str) -> None:
-    a = settings.section("alerts")
-    if a["slack_webhook"]:
-        _guarded("Slack alert", lambda: _post(a["slack_webhook"], a["timeout"], {"text": f"*{subject}*\n{body}"}))
-    if a["smtp_host"] and a["smtp_to"]:
-        _guarded("e-mail alert", lambda: _email(settings, subject, body))
+    a = settings.alerts
+    if webhook := a.slack_webhook:
+        _guarded("Slack alert", lambda: _post(webhook, a.timeout, {"text": f"*{subject}*\n{body}"}))
+    if (host := a.smtp_host) and (to := a.smtp_to):
+        _guarded("e-mail alert", lambda: _email(settings, host, to, subject, body))
 
 
 def run_started(settings: Settings, command: str) -> None:
@@ -105,7 +105,7 @@ def failure_alert(
         if store is not None:
             with store.transaction():  # two chained units may fail at once
                 last = _alerted(store).get(command)
-                quiet_for = float(settings.section("alerts")["repeat_after"])
+                quiet_for = settings.alerts.repeat_after
                 if last and last.get("fingerprint") == fingerprint and now - float(last.get("at", 0)) < quiet_for:
                     log.info(
                         "alert for %s not repeated: the same failure was alerted %.0f min ago (alerts.repeat_after)",
@@ -142,13 +142,13 @@ def run_finished(settings: Settings, store: StateStore, command: str, exit_code:
         return
     if exit_code in (EXIT_OK, EXIT_TEMPORARY):
         _ping(settings, "")
-        if _recovered(store, command) and settings.section("alerts")["on_recovery"]:
+        if _recovered(store, command) and settings.alerts.on_recovery:
             alert(settings, f"mcnotify {command} recovered on {host}", "The last run succeeded again.")
     else:
         _ping(settings, "/fail")
         failure = f"exit code {exit_code}: {error or 'no message'}"
         failure_alert(settings, store, command, failure, f"mcnotify {command} failed on {host}", failure)
-    path = settings.section("metrics")["textfile"]
+    path = settings.metrics.textfile
     if path:
         _guarded("metrics textfile", lambda: write_metrics(store, Path(path)))
 

@@ -11,11 +11,12 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mcnotify import retrying, stop
+from mcnotify.config import SourceSettings
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,11 @@ def decode_row(row: dict[str, Any], encoding: str = "utf-8") -> dict[str, Any]:
     return row
 
 
-def max_age_note(section: Mapping[str, Any]) -> str | None:
+def max_age_note(section: SourceSettings) -> str | None:
     """What `config check` says about the first-run protection when it may not hold."""
-    if float(section["max_age"]) <= 0:
+    if section.max_age <= 0:
         return "source.max_age = 0: protection off, a new state file sends every row of the source"
-    found = selects_created_at(section["query"])
+    found = selects_created_at(section.query)
     if found is False:
         return (
             f"source.max_age protection is off: the query does not select {CREATED_AT}, so a new state file"
@@ -228,12 +229,10 @@ def _decimal(data: bytes | str) -> decimal.Decimal:
     return decimal.Decimal(data.decode("ascii") if isinstance(data, bytes | bytearray) else data)
 
 
-def open_source(section: Mapping[str, Any]) -> Source:
-    url = section["url"]
+def open_source(section: SourceSettings) -> Source:
+    url = section.url
     if url.startswith("sqlite:"):
-        return SQLiteSource(url, section["query"])
+        return SQLiteSource(url, section.query)
     if url.startswith(("mysql://", "mysql+pymysql://")):
-        return MySQLSource(
-            url, section["query"], section["password"], section["connect_timeout"], section["fetch_size"]
-        )
+        return MySQLSource(url, section.query, section.password, section.connect_timeout, section.fetch_size)
     raise McnotifyError(f"unsupported source url scheme in {url.split(':', 1)[0]!r}")

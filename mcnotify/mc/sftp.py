@@ -13,13 +13,13 @@ import hashlib
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import paramiko
 
 from mcnotify import retrying, stop
+from mcnotify.config import SftpSettings
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -35,24 +35,24 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def _stoppable(section: Mapping[str, Any], what: str, work: Callable[[list[paramiko.SSHClient]], str]) -> str:
+def _stoppable(section: SftpSettings, what: str, work: Callable[[list[paramiko.SSHClient]], str]) -> str:
     clients: list[paramiko.SSHClient] = []  # closed from the waiting thread if a stop abandons the work
 
     def abandon() -> None:
         for client in clients:
             client.close()
 
-    return stop.run(lambda: work(clients), what=f"{what} {section['host']}", abandon=abandon)
+    return stop.run(lambda: work(clients), what=f"{what} {section.host}", abandon=abandon)
 
 
-def load_key(section: Mapping[str, Any]) -> paramiko.PKey | None:
+def load_key(section: SftpSettings) -> paramiko.PKey | None:
     """The login key from [sftp] key_file, or None without one. A key that is missing, unreadable, not a key or
     locked by a wrong passphrase is a configuration error naming the file: retrying cannot cure it."""
-    if not section["key_file"]:
+    if not section.key_file:
         return None
-    path = Path(section["key_file"]).expanduser()
+    path = Path(section.key_file).expanduser()
     try:
-        return paramiko.PKey.from_path(path, password=section["key_passphrase"] or None)
+        return paramiko.PKey.from_path(path, password=section.key_passphrase or None)
     except FileNotFoundError:
         raise ConfigError(f"[sftp] key_file {path}: no such file") from None
     except PermissionError:
@@ -68,9 +68,9 @@ def load_key(section: Mapping[str, Any]) -> paramiko.PKey | None:
         raise ConfigError(f"[sftp] key_file {path}: {exc.strerror or exc}") from None
 
 
-def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> paramiko.SSHClient:
+def _connect(section: SftpSettings, clients: list[paramiko.SSHClient]) -> paramiko.SSHClient:
     key = load_key(section)  # before any connection: a bad key is not an outage
-    known_hosts = Path(section["known_hosts"]).expanduser()
+    known_hosts = Path(section.known_hosts).expanduser()
     if not known_hosts.is_file():
         raise ConfigError(f"[sftp] known_hosts file not found: {known_hosts}")
     client = paramiko.SSHClient()
@@ -80,9 +80,9 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
     except (OSError, paramiko.SSHException) as exc:
         raise ConfigError(f"[sftp] known_hosts {known_hosts} unreadable: {exc}") from None
     client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never trust on first use
-    host, port = section["host"], int(section["port"])
+    host, port = section.host, section.port
     where = f"{host}:{port}"
-    timeout = float(section["timeout"])
+    timeout = section.timeout
 
     def attempt() -> paramiko.SSHClient:
         started = time.monotonic()
@@ -90,8 +90,8 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
             client.connect(
                 host,
                 port=port,
-                username=section["username"],
-                password=section["password"] or None,
+                username=section.username,
+                password=section.password or None,
                 pkey=key,
                 timeout=timeout,
                 banner_timeout=timeout,
@@ -111,7 +111,7 @@ def _connect(section: Mapping[str, Any], clients: list[paramiko.SSHClient]) -> p
         except paramiko.AuthenticationException:
             client.close()
             # No retry: MC locks the account for 30 minutes after repeated bad logins.
-            raise ConfigError(f"SFTP {where} refused the login for user {section['username']!r}") from None
+            raise ConfigError(f"SFTP {where} refused the login for user {section.username!r}") from None
         except paramiko.SSHException as exc:
             client.close()
             if "not found in known_hosts" in str(exc):
@@ -136,20 +136,20 @@ class _Unreachable(Exception):
     """A connection attempt that failed in a way worth retrying (the network, not the key or the login)."""
 
 
-def upload(section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
+def upload(section: SftpSettings, local_path: Path, remote_name: str) -> str:
     """Upload `local_path` as `remote_dir/remote_name`; returns the remote path. Never leaves a partial file
     under the final name: MC may import whatever it finds there."""
     return _stoppable(section, "SFTP upload to", lambda clients: _upload(section, local_path, remote_name, clients))
 
 
-def _upload(section: Mapping[str, Any], local_path: Path, remote_name: str, clients: list[paramiko.SSHClient]) -> str:
-    remote_dir = section["remote_dir"]
+def _upload(section: SftpSettings, local_path: Path, remote_name: str, clients: list[paramiko.SSHClient]) -> str:
+    remote_dir = section.remote_dir
     final = posixpath.join(remote_dir, remote_name)
     partial = posixpath.join(remote_dir, f"{remote_name}.part")
     client = _connect(section, clients)
     try:
         sftp = client.open_sftp()
-        sftp.get_channel().settimeout(float(section["timeout"]))  # type: ignore[union-attr]
+        sftp.get_channel().settimeout(section.timeout)  # type: ignore[union-attr]
         size = local_path.stat().st_size
         started = time.monotonic()
         try:
@@ -163,25 +163,25 @@ def _upload(section: Mapping[str, Any], local_path: Path, remote_name: str, clie
                 sftp.rename(partial, final)
             remote_size = sftp.stat(final).st_size
         except OSError as exc:
-            raise McnotifyError(f"SFTP upload to {section['host']}:{final} failed: {exc}") from None
+            raise McnotifyError(f"SFTP upload to {section.host}:{final} failed: {exc}") from None
         if remote_size != size:
             raise McnotifyError(f"SFTP upload to {final} is {remote_size} bytes, expected {size}")
         log.debug("SFTP: %d bytes uploaded to %s in %.0f ms", size, final, (time.monotonic() - started) * 1000)
         return final
     except (TimeoutError, paramiko.SSHException, EOFError) as exc:
-        raise ServiceUnavailable(f"SFTP connection to {section['host']} lost during upload: {exc}") from None
+        raise ServiceUnavailable(f"SFTP connection to {section.host} lost during upload: {exc}") from None
     finally:
         client.close()
 
 
-def check_login(section: Mapping[str, Any]) -> str:
+def check_login(section: SftpSettings) -> str:
     """Connect, verify the host key, log in and list remote_dir: for `doctor`."""
 
     def work(clients: list[paramiko.SSHClient]) -> str:
         client = _connect(section, clients)
         try:
-            names = client.open_sftp().listdir(section["remote_dir"])
-            return f"{len(names)} entries in {section['remote_dir']}"
+            names = client.open_sftp().listdir(section.remote_dir)
+            return f"{len(names)} entries in {section.remote_dir}"
         finally:
             client.close()
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcnotify.config import Settings
+from mcnotify.config import Settings, SftpSettings
 from mcnotify.errors import DryRunRefused
 from mcnotify.state import StateStore
 from mcnotify.stop import STOP, request_stop
@@ -60,7 +60,7 @@ class Context:
                 self._client = McClient(section, tokens, sleep=self.sleep)
         return self._client
 
-    def upload(self, section: Mapping[str, Any], local_path: Path, remote_name: str) -> str:
+    def upload(self, section: SftpSettings, local_path: Path, remote_name: str) -> str:
         """Upload a file to MC's SFTP; refused in a dry run, where the side effect would happen."""
         if self.dry_run:
             raise DryRunRefused(f"dry run: refusing to upload {remote_name} over SFTP")

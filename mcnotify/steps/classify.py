@@ -199,12 +199,12 @@ class Classifier:
         from mcnotify.contacts import normalise_phone, validate_email  # heavy; only needed when there are rows
 
         self._templates = dict(settings.templates)
-        self._cursor_column = settings.section("source")["cursor_column"]
-        self._region = settings.section("sms")["default_region"]
-        self._key_prefix = settings.section("email")["message_key_prefix"]
+        self._cursor_column = settings.source.cursor_column
+        self._region = settings.sms.default_region
+        self._key_prefix = settings.email.message_key_prefix
         self._validate_email = validate_email
         self._normalise_phone = normalise_phone
-        max_age = float(settings.section("source")["max_age"])
+        max_age = settings.source.max_age
         self._max_age = max_age
         # One clock for the whole run: a row's fate does not depend on how far the read has got.
         self._oldest = time.time() - max_age * 3600 if max_age > 0 else None
@@ -315,7 +315,7 @@ def classified_chunks(
     """Source rows, classified, in chunks; each with the highest cursor the watermark may now cover (None
     until a whole page is read) and the number of rows it read. `known(ids)`: the ids already claimed, which
     are not classified again (each sync re-reads `overlap` rows below the watermark)."""
-    cursor_column = settings.section("source")["cursor_column"]
+    cursor_column = settings.source.cursor_column
     classify: Classifier | None = None  # built at the first row: nothing new, nothing heavy imported
     buffer: list[dict[str, Any]] = []
     top, count, good = None, 0, None

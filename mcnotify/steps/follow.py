@@ -61,12 +61,12 @@ class Follower:
         self.ctx = ctx
         self.clock = clock
         self.report = FollowReport()
-        source, imp = ctx.settings.section("source"), ctx.settings.section("import")
-        self.poll = float(source["poll_interval"])
-        self.batch_limit = int(source["batch_limit"])
-        self.import_poll = float(imp["poll_interval"])
-        self.alert_after = float(ctx.settings.section("alerts")["after"])
-        self.sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
+        source, imp = ctx.settings.source, ctx.settings.import_
+        self.poll = source.poll_interval
+        self.batch_limit = source.batch_limit
+        self.import_poll = imp.poll_interval
+        self.alert_after = ctx.settings.alerts.after
+        self.sms_waits = ctx.settings.sms.wait_for_import
         self.started = time.time()
         self.last_import_poll = -float("inf")
         self.dirty = True  # something may be waiting to be sent (always, at start)
@@ -213,7 +213,7 @@ class Follower:
     # -- status ---------------------------------------------------------------------------------------------
     def _metrics(self) -> None:
         """The metrics textfile, rewritten every METRICS_EVERY seconds (a one-shot run writes it at its end)."""
-        path = self.ctx.settings.section("metrics")["textfile"]
+        path = self.ctx.settings.metrics.textfile
         now = self.clock()
         if path and now - self.metrics_at >= METRICS_EVERY:
             self.metrics_at = now

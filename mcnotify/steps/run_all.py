@@ -55,7 +55,7 @@ def send_channel(
 def _chain(ctx: Context, report: RunAllReport, dry_run: bool, wait: bool) -> sync.SyncReport:
     synced = sync.run(ctx, dry_run=dry_run)
     report.syncs.append(synced)
-    sms_waits = bool(ctx.settings.section("sms")["wait_for_import"])
+    sms_waits = ctx.settings.sms.wait_for_import
     if not sms_waits:  # SMS need no subscriber import: they go before the wait, not after it
         ctx.check_stop()
         if sent := send_channel(ctx, "sms", dry_run, report.errors):
@@ -73,7 +73,7 @@ def run(ctx: Context, dry_run: bool = False, wait: bool = True) -> RunAllReport:
     """The chain, again and again until the source has nothing new: a backlog larger than batch_limit drains in
     one run (each claim stays within batch_limit)."""
     report = RunAllReport()
-    limit = int(ctx.settings.section("source")["batch_limit"])
+    limit = ctx.settings.source.batch_limit
     blocked_before = False
     while True:
         synced = _chain(ctx, report, dry_run, wait)

@@ -131,9 +131,9 @@ def main() -> None:
     from mcnotify.steps.classify import CursorOrder, classified_chunks, pages
 
     try:
-        source = open_source(settings.section("source"))
+        source = open_source(settings.source)
         try:
-            rows = pages(source, after, limit, CursorOrder(settings.section("source")["cursor_column"], kind))
+            rows = pages(source, after, limit, CursorOrder(settings.source.cursor_column, kind))
             for notifications, top, count in classified_chunks(settings, rows):
                 _send(out, ("chunk", ([n.to_tuple() for n in notifications], top, count)))
         finally:

@@ -56,7 +56,7 @@ def _finish(ctx: Context, result: ImportResult) -> None:
 def _poll(ctx: Context, batch: Batch, wait: bool, deadline: float) -> ImportResult | None:
     from mcnotify.mc import soap
 
-    imp = ctx.settings.section("import")
+    imp = ctx.settings.import_
     started = time.monotonic()
     assert batch.import_task_id is not None
     while True:
@@ -79,15 +79,15 @@ def _poll(ctx: Context, batch: Batch, wait: bool, deadline: float) -> ImportResu
         if time.monotonic() >= deadline:
             raise McnotifyError(
                 f"import of batch {batch.id} (task {batch.import_task_id}) not finished after "
-                f"{imp['timeout']:g} s (last status {status}); the next run keeps waiting"
+                f"{imp.timeout:g} s (last status {status}); the next run keeps waiting"
             )
-        ctx.progress(f"wait-import: batch {batch.id} import is {status}; checking again in {imp['poll_interval']:g} s")
-        ctx.sleep(min(float(imp["poll_interval"]), max(0.0, deadline - time.monotonic())))
+        ctx.progress(f"wait-import: batch {batch.id} import is {status}; checking again in {imp.poll_interval:g} s")
+        ctx.sleep(min(imp.poll_interval, max(0.0, deadline - time.monotonic())))
         ctx.check_stop()
 
 
 def _fixed_delay(ctx: Context, batch: Batch, wait: bool) -> ImportResult | None:
-    delay = float(ctx.settings.section("import")["delay"])
+    delay = ctx.settings.import_.delay
     remaining = (batch.uploaded_at or 0) + delay - time.time()
     if remaining > 0:
         if not wait:
@@ -108,8 +108,8 @@ def run(ctx: Context, dry_run: bool = False, wait: bool = True) -> WaitReport:
         report.pending = [b.id for b in batches]
         report.note = "would poll MC for " + ", ".join(f"batch {b.id} (task {b.import_task_id})" for b in batches)
         return report
-    mode = ctx.settings.section("import")["mode"]
-    deadline = time.monotonic() + float(ctx.settings.section("import")["timeout"])
+    mode = ctx.settings.import_.mode
+    deadline = time.monotonic() + ctx.settings.import_.timeout
     for batch in batches:
         with ctx.store.transaction():
             ctx.store.step_started(batch.id, "wait-import")
