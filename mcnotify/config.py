@@ -485,6 +485,11 @@ def _coerce(raw: Any, want: type, where: str, secret: bool = False) -> Any:
         raise ConfigError(f"{where} must be true or false{_got(raw, secret)}")
     if want is float and isinstance(raw, int | float) and not isinstance(raw, bool):
         return float(raw)
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in an environment variable (surrogate escapes)
+            raise ConfigError(f"{where} holds bytes that are not UTF-8") from None
     if isinstance(raw, want) and not (want is int and isinstance(raw, bool)):
         return raw
     if isinstance(raw, str):  # from the environment
@@ -596,7 +601,13 @@ def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             if rest.startswith(sec + "_"):
                 key = rest[len(sec) + 1 :]
                 if key in SCHEMA[sec] or (key.endswith("_file") and key[: -len("_file")] in SCHEMA[sec]):
-                    raw.setdefault(sec, {})[key] = value
+                    body = raw.setdefault(sec, {})
+                    body[key] = value
+                    # The environment wins over the file, whichever form each uses: MCNOTIFY_SOURCE_PASSWORD
+                    # replaces a `password_file` of the config (and MCNOTIFY_SOURCE_PASSWORD_FILE a `password`).
+                    other = key[: -len("_file")] if key.endswith("_file") else f"{key}_file"
+                    if f"MCNOTIFY_{sec}_{other}".upper() not in environ:
+                        body.pop(other, None)
                 break
 
 
@@ -752,6 +763,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"config file not found: {path} (set --config or MCNOTIFY_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} holds bytes that are not UTF-8 (TOML files are UTF-8)") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -759,6 +773,21 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     settings = parse(raw, environ, path)
     _warn_if_exposed(path, raw)
     return settings
+
+
+def load_alerts_only(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Only [alerts] (with its env overrides and `*_file` secrets), for `mcnotify alert` when the whole config
+    does not load: a configuration mistake is still alerted. Other sections are absent."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raw = {}
+    raw = {"alerts": dict(raw.get("alerts") or {}) if isinstance(raw.get("alerts"), Mapping) else {}}
+    _env_overrides(raw, environ)
+    alerts = _build_section("alerts", SCHEMA["alerts"], raw.get("alerts", {}), "[alerts]", environ)
+    secrets = [v for k, spec in SCHEMA["alerts"].items() if spec.secret and (v := alerts[k])]
+    return Settings(values={"alerts": AlertsSettings(**alerts)}, templates={}, path=path, secrets=tuple(secrets))
 
 
 def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:

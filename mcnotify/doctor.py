@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 from mcnotify.errors import McnotifyError
@@ -75,6 +77,22 @@ def checks(ctx: Context) -> list[Check]:
         return "host key verified, logged in, " + sftp.check_login(settings.section("sftp"))
 
     results.append(_run("sftp", "check [sftp] host, credentials and known_hosts", sftp_login))
+    if textfile := settings.metrics.textfile:
+
+        def metrics() -> str:
+            folder = Path(textfile).parent
+            if not folder.is_dir():
+                raise McnotifyError(f"folder {folder} of {textfile} does not exist")
+            try:  # what each run does: a temporary file in the folder, renamed over the textfile
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".mcnotify-doctor-"):
+                    pass
+            except OSError as exc:
+                raise McnotifyError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+            return f"{folder} is writable"
+
+        results.append(
+            _run("metrics", "check [metrics] textfile: its folder must exist, writable by this user", metrics)
+        )
     results.append(
         _run(
             "message keys",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -100,7 +101,9 @@ def failure_alert(
     whether the alert went out; without a state to remember in, it always goes."""
     store = _writable(store)
     now = time.time()
-    fingerprint = hashlib.sha256(failure.encode()).hexdigest()[:16]  # the error text itself is not kept
+    # The same failure whatever its counts, batch numbers, ports or times ("MC refused 3 ... in batch 7" and
+    # "... 5 ... in batch 8" are one failure); the error text itself is not kept.
+    fingerprint = hashlib.sha256(re.sub(r"\d+", "#", failure).encode()).hexdigest()[:16]
     try:
         if store is not None:
             with store.transaction():  # two chained units may fail at once
@@ -162,7 +165,7 @@ def command_of_unit(unit: str) -> str:
     return name.removeprefix("mcnotify-")
 
 
-def unit_failed(settings: Settings, store: StateStore | None, unit: str) -> bool:
+def unit_failed(settings: Settings, store: StateStore | None, unit: str, reason: str | None = None) -> bool:
     """`mcnotify alert --unit U` (systemd's OnFailure=): alert, unless the run has already alerted this very
     failure. A run that ended recorded gives its exit code and error (the same failure the run alerted, so no
     second message); a process that died unrecorded (killed, timed out, crashed) is alerted as such."""
@@ -170,7 +173,11 @@ def unit_failed(settings: Settings, store: StateStore | None, unit: str) -> bool
     command = command_of_unit(unit)
     runs = store.runs(limit=1, command=command) if store is not None else []
     last = runs[0] if runs else None
-    if last and last["exit_code"] not in (None, EXIT_OK, EXIT_TEMPORARY) and time.time() - last["finished_at"] < RECENT:
+    if reason is not None:  # e.g. the configuration does not load: no run could start or be recorded
+        failure = f"{unit} failed: {reason}"
+    elif (
+        last and last["exit_code"] not in (None, EXIT_OK, EXIT_TEMPORARY) and time.time() - last["finished_at"] < RECENT
+    ):
         failure = f"exit code {last['exit_code']}: {last['error'] or 'no message'}"
     elif last and last["exit_code"] is None and time.time() - last["started_at"] < 86400:
         failure = f"run {last['id']} (pid {last['pid']}) ended without recording how: killed, timed out or crashed"

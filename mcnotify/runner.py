@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from mcnotify import hooks, logs
 from mcnotify.config import Settings
-from mcnotify.errors import EXIT_TEMPORARY, LockHeld, McnotifyError
+from mcnotify.errors import EXIT_TEMPORARY, ConfigError, LockHeld, McnotifyError
 from mcnotify.redact import scrub
 from mcnotify.state import StateStore
 from mcnotify.steps import Context
@@ -42,10 +43,7 @@ def open_context(
         ctx.meter = meter
     try:
         if lock and not dry_run:
-            try:
-                store.lock()
-            except LockHeld as exc:
-                raise LockHeld(_lock_holder(store) or str(exc)) from None
+            _lock(store)
             # Steps left "running" by a process that was killed: nobody else holds the lock, so none runs now.
             with store.transaction():
                 store.end_running_steps("interrupted", "its process ended without recording how (killed?)")
@@ -53,6 +51,29 @@ def open_context(
     finally:
         ctx.close()
         store.close()
+
+
+LOCK_WAIT = "MCNOTIFY_LOCK_WAIT"  # seconds to wait for a held lock (the chained send units: one after the other)
+
+
+def _lock(store: StateStore) -> None:
+    """Take the run lock; with MCNOTIFY_LOCK_WAIT set, wait that long for a run that holds it (a stop request
+    ends the wait). Otherwise, or when the wait runs out: exit 75, naming the holder."""
+    from mcnotify import stop
+
+    try:
+        wait = max(0.0, float(os.environ.get(LOCK_WAIT) or 0))
+    except ValueError:
+        raise ConfigError(f"{LOCK_WAIT} must be a number of seconds") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            store.lock()
+            return
+        except LockHeld as exc:
+            if time.monotonic() >= deadline:
+                raise LockHeld(_lock_holder(store) or str(exc)) from None
+        stop.sleep(min(0.2, max(0.0, deadline - time.monotonic())))  # Stopped on a stop request
 
 
 def _lock_holder(store: StateStore) -> str | None:
@@ -148,14 +169,19 @@ def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | Non
         # The file is no longer ours (deleted, emptied, replaced): writing the run into it would damage it.
         logging.getLogger(__name__).warning("run not recorded: the state file is no longer the one opened")
     else:
-        if code not in (0, EXIT_TEMPORARY):
-            # A step the failure cut short shows how it ended, not "running" for ever.
-            ended = "stopped" if code in (130, 143) else "failed"
-            with (
-                contextlib.suppress(sqlite3.Error, McnotifyError),
-                ctx.store.transaction(),
-            ):  # (the failure may be the state)
-                ctx.store.end_running_steps(ended, error or f"exit code {code}")
+        # A step still marked running when the run ends shows how it ended, not "running" for ever: one the
+        # next run resumes (a claim that waits for the import in flight) is "waiting".
+        ended, why = {
+            0: ("waiting", "the run ended before this step could finish; the next run resumes it"),
+            EXIT_TEMPORARY: ("waiting", error or "the next run resumes it"),
+            130: ("stopped", error or "stopped"),
+            143: ("stopped", error or "stopped"),
+        }.get(code, ("failed", error or f"exit code {code}"))
+        with (
+            contextlib.suppress(sqlite3.Error, McnotifyError),
+            ctx.store.transaction(),
+        ):  # (the failure may be the state)
+            ctx.store.end_running_steps(ended, why)
         ctx.store.run_finished(run_id, code, error, counts)
     try:
         hooks.run_finished(ctx.settings, ctx.store, command, code, error)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from mcnotify.cli.base import JsonOut, _fail, _guard, _read_only, _run, _settings, app, out
+from mcnotify.cli.base import JsonOut, _fail, _guard, _read_only, _run, _settings, _state, _use_secrets, app, out
 from mcnotify.cli.render import _gantt, _secs, _when, fit_table
 from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
 from mcnotify.redact import scrub
@@ -213,7 +213,7 @@ def doctor() -> None:
         out.print(
             f"{mark} {c.name}: "
             + scrub(c.detail, settings.secrets).replace("[", "\\[")
-            + ("" if c.ok else f" → {c.hint}")
+            + ("" if c.ok else " → " + c.hint.replace("[", "\\["))  # "[sftp]" is text, not markup
         )
     if not all(c.ok for c in results):
         raise typer.Exit(EXIT_FAILURE)
@@ -226,9 +226,20 @@ def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit tha
     import logging
 
     from mcnotify import hooks
+    from mcnotify.config import load, load_alerts_only
+    from mcnotify.errors import ConfigError
     from mcnotify.runner import open_context
 
-    settings = _settings()
+    path = Path(_state["config"])
+    try:
+        settings = load(path)
+    except ConfigError as exc:
+        # The likeliest first-day failure is the config itself: alert it with [alerts] alone.
+        fallback = _guard(lambda: load_alerts_only(path))
+        _use_secrets(fallback)
+        hooks.unit_failed(fallback, None, unit, reason=f"its configuration does not load: {exc}")
+        return
+    _use_secrets(settings)
     try:
         with open_context(settings, lock=False) as ctx:
             hooks.unit_failed(settings, ctx.store, unit)

@@ -153,7 +153,8 @@ def render_status(data: dict[str, Any]) -> None:
         state = {True: "running", False: "not running", None: "on another host"}[f["alive"]]
         out.print(
             f"follower: {state} · {f['host']} pid {f['pid']} · since {_when(f['since'])} · last cycle "
-            f"{_when(f['last_cycle'])} · {f['cycles']} cycles · waiting for {f['waiting_for']}",
+            f"{_when(f['last_cycle'])} · {f['cycles']} cycles · "
+            + ("stopped" if f.get("stopped") else f"waiting for {f['waiting_for']}"),
             markup=False,
         )
     for channel, lat in sorted((data.get("latency_last_hour") or {}).items()):
@@ -217,14 +218,20 @@ def render_status(data: dict[str, Any]) -> None:
 
 def _gantt(steps: dict[str, dict[str, Any]], width: int = 50) -> list[tuple[str, str, str]]:
     """One bar per step on a shared time axis: the batch's Gantt chart."""
-    spans = [(n, s["started_at"], s["finished_at"] or time.time()) for n, s in steps.items() if s["started_at"]]
+    # A running step's bar reaches now; one whose process is gone without an end (interrupted) stops where it
+    # started, with no duration, instead of growing for ever.
+    spans = [
+        (n, s["started_at"], s["finished_at"] or (time.time() if s["status"] == "running" else None))
+        for n, s in steps.items()
+        if s["started_at"]
+    ]
     if not spans:
         return []
-    first, last = min(s[1] for s in spans), max(s[2] for s in spans)
+    first, last = min(s[1] for s in spans), max(s[2] or s[1] for s in spans)
     scale = width / max(last - first, 1e-9)
     rows = []
     for name, start, end in spans:
         lead = int((start - first) * scale)
-        size = max(1, round((end - start) * scale))
-        rows.append((name, " " * lead + "█" * min(size, width - lead), _secs(end - start)))
+        size = max(1, round(((end or start) - start) * scale))
+        rows.append((name, " " * lead + "█" * min(size, width - lead), "-" if end is None else _secs(end - start)))
     return rows

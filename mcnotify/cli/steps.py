@@ -27,7 +27,7 @@ from mcnotify.cli.base import (
 )
 from mcnotify.cli.render import _render_follow, _render_run_all, _render_send, _render_sync, _render_wait, render_status
 from mcnotify.config import load
-from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
+from mcnotify.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
 
 
 @app.command()
@@ -117,6 +117,8 @@ def config_check(json_out: JsonOut = False) -> None:
         from mcnotify.mc.sftp import load_key
 
         _guard(lambda: load_key(settings.section("sftp")))  # a key that cannot be used is a config error
+    if settings.metrics.textfile and not Path(settings.metrics.textfile).parent.is_dir():
+        _fail(f"[metrics] textfile {settings.metrics.textfile}: its folder does not exist", EXIT_CONFIG)
     data = settings.redacted()
     note = max_age_note(settings.section("source"))
     if json_out:

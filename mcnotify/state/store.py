@@ -172,6 +172,7 @@ class StateStore:
         except (sqlite3.Error, OSError) as exc:
             raise McnotifyError(f"cannot open state file {path}: {exc}") from None
         self._lock_fd: int | None = None
+        self._tried_fd: int | None = None  # the fd a refused lock attempt used (in _held_fds), for the next try
         self.lost = False  # the file was deleted, emptied or replaced under this process: write nothing more
 
     @staticmethod
@@ -254,16 +255,22 @@ class StateStore:
         after SQLite's connection is closed (see close())."""
         if self._lock_fd is not None:
             return
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise McnotifyError(f"cannot open state file {self.path} to lock it: {exc}") from None
+        # A second attempt (waiting for a held lock) reuses the fd of the first: one fd, however long the wait.
+        fd = next((f for f in self._held_fds if f == self._tried_fd), None)
+        if fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise McnotifyError(f"cannot open state file {self.path} to lock it: {exc}") from None
+            # Kept until close() even if the lock is refused: closing it would drop SQLite's locks on the file.
+            self._held_fds.append(fd)
+            self._tried_fd = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            # Keep the fd until close(): closing it now would drop SQLite's locks on the file.
-            self._held_fds.append(fd)
             raise LockHeld(f"another mcnotify run holds the lock on {self.path}; try again later") from None
+        self._held_fds.remove(fd)
+        self._tried_fd = None
         self._lock_fd = fd
 
     def unlock(self) -> None:

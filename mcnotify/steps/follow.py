@@ -115,12 +115,20 @@ class Follower:
         """One pass over the stages; True when there is more to do at once (a full claim)."""
         ctx, report = self.ctx, self.report
         report.cycles += 1
-        synced = sync.run(ctx)
+        deferred: list[BaseException] = []  # a step that failed: the others still go, then the cycle fails
+        try:
+            synced = sync.run(ctx)
+        except (Stopped, StateFileLost):
+            raise
+        except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
+            # MySQL or SFTP down, a bad key: what is already claimed still goes (SMS, known contacts' emails).
+            deferred.append(exc)
+            synced = sync.SyncReport()
+            self.dirty = True
         report.claimed += synced.new_rows
         # Only this process changes the state while it holds the lock: with nothing claimed and no import
         # completed since the last full pass, there is nothing new to send (a quiet source costs next to no CPU).
         self.dirty = self.dirty or synced.new_rows > 0
-        deferred: list[BaseException] = []  # a channel that failed: the other still goes, then the cycle fails
         if not self.sms_waits and self.dirty:
             self._send("sms", deferred)
         now = self.clock()
