@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint constraints bench bench-latency dist dist-check clean
+.PHONY: demo test test-fast lint constraints bench bench-latency dist dist-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Without MariaDB, sshd or whole pipelines over SFTP (the `services` marker, set in tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not services"
 
 lint: $(STAMP)
 	$(BIN)/ruff check mcnotify tests scripts $(wildcard bench)
