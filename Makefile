@@ -1,15 +1,16 @@
-# Two commands for a newcomer: `make demo` and `make test`. Both build .venv when it is missing.
+# Two commands for a newcomer: `make demo` and `make test`. Both build .venv when it is missing, with the exact
+# versions in constraints.txt (pyproject.toml holds the ranges).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-latency dist dist-check clean
+.PHONY: demo test test-fast lint constraints bench bench-latency dist dist-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,10 +19,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Without MariaDB, sshd or whole pipelines over SFTP (the `services` marker, set in tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not services"
+
 lint: $(STAMP)
 	$(BIN)/ruff check mcnotify tests scripts $(wildcard bench)
 	$(BIN)/ruff format --check mcnotify tests scripts $(wildcard bench)
-	$(BIN)/mypy mcnotify tests scripts/build_dist.py
+	$(BIN)/mypy mcnotify tests scripts/build_dist.py scripts/freeze_constraints.py
+
+# After upgrading a dependency in .venv (and `make test` passing): pin what the venv now holds.
+constraints: $(STAMP)
+	$(BIN)/python scripts/freeze_constraints.py > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 bench: $(STAMP)
 	test -f bench/run.py && $(BIN)/python bench/run.py

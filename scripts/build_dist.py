@@ -11,6 +11,7 @@ Python with one line (exit 78) and picks a safe folder to unpack into, then hand
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MAIN = HERE / "dist_main.py"
+CONSTRAINTS = HERE.parent / "constraints.txt"
 
 
 def main_source(built_for: tuple[int, int]) -> bytes:
@@ -89,6 +91,7 @@ def main() -> None:
             f"{built_for[0]}.{built_for[1]} (its compiled dependencies only load there)"
         )
     raw = args.output.with_name(args.output.name + ".shiv")
+    # The file holds the versions the tests ran with: pip reads PIP_CONSTRAINT (shiv's own -c is another option).
     subprocess.run(
         [
             str(Path(sys.executable).parent / "shiv"),
@@ -104,6 +107,7 @@ def main() -> None:
             ".",
         ],
         check=True,
+        env={**os.environ, "PIP_CONSTRAINT": str(CONSTRAINTS)},
     )
     stamp(raw, args.output, built_for)
     raw.unlink()

@@ -15,6 +15,16 @@ from tests import services
 from tests.helpers import QUERY, TEMPLATES, dump_toml
 
 IN_CI = os.environ.get("CI") == "true"
+# Fixtures that start MariaDB or sshd (directly or through another fixture), or the demo's sandbox that runs
+# whole pipelines over its SFTP server (test modules' `demo` and `alerting`): a test using one is marked
+# `services`, so `make test-fast` (-m "not services") runs in seconds without them.
+SERVICE_FIXTURES = frozenset({"mariadb", "sshd", "app_db", "env", "demo", "alerting"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 def skip_or_fail_in_ci(message: str) -> None:

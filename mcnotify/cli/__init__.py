@@ -7,10 +7,12 @@ import signal
 import threading
 from types import FrameType
 
-# Importing these registers their commands on the app; --help lists the pipeline's first.
-from mcnotify.cli import steps  # noqa: F401  # isort: skip
-from mcnotify.cli import ops  # noqa: F401  # isort: skip
-from mcnotify.cli.base import app
+# Importing these registers their commands on the app; --help lists them in this order, the pipeline's first.
+from mcnotify.cli import pipeline  # noqa: F401  # isort: skip
+from mcnotify.cli import views  # noqa: F401  # isort: skip
+from mcnotify.cli import sandbox  # noqa: F401  # isort: skip
+from mcnotify.cli import operator  # noqa: F401  # isort: skip
+from mcnotify.cli.application import app
 from mcnotify.stop import request_stop
 
 __all__ = ["app", "main"]

@@ -1,18 +1,26 @@
-"""Rendering of reports and views with rich (CLI layer)."""
+"""Rendering of reports and views with rich (CLI layer): each report class has its render function."""
 
 from __future__ import annotations
 
 import datetime
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from mcnotify.cli.base import out, quiet
+if TYPE_CHECKING:  # the reports' modules pull in the steps' dependencies: only the types are needed here
+    from mcnotify.cli.application import Application
+    from mcnotify.steps.follow import FollowReport
+    from mcnotify.steps.run_all import RunAllReport
+    from mcnotify.steps.send import SendReport
+    from mcnotify.steps.sync import SyncReport
+    from mcnotify.steps.wait_import import WaitReport
 
 
-def _render_sync(r: Any, dry_run: bool) -> None:
+def render_sync(cli: Application, r: SyncReport, dry_run: bool) -> None:
+    out = cli.out
     if dry_run:
         out.print(
             f"[bold]sync (dry run)[/bold]: {r.new_rows} new notifications, {r.invalid} invalid, "
@@ -25,10 +33,10 @@ def _render_sync(r: Any, dry_run: bool) -> None:
             for row in r.sample_csv:
                 table.add_row(*row)
             out.print(table)
-        _render_samples(r.sample_sends, "would send (sample)")
+        render_samples(out, r.sample_sends, "would send (sample)")
         return
     if r.blocked or r.batch_id is None:
-        if not quiet():  # -q: a run with nothing to do prints nothing
+        if not cli.quiet:  # -q: a run with nothing to do prints nothing
             out.print(f"sync: {r.note}", markup=False)
         return
     out.print(
@@ -40,7 +48,7 @@ def _render_sync(r: Any, dry_run: bool) -> None:
     )
 
 
-def _render_samples(samples: list[dict[str, Any]], title: str) -> None:
+def render_samples(out: Console, samples: list[dict[str, Any]], title: str) -> None:
     if not samples:
         return
     table = Table(*samples[0].keys(), title=title)
@@ -49,8 +57,9 @@ def _render_samples(samples: list[dict[str, Any]], title: str) -> None:
     out.print(table)
 
 
-def _render_wait(r: Any) -> None:
-    if not r.results and not quiet():
+def render_wait(cli: Application, r: WaitReport) -> None:
+    out = cli.out
+    if not r.results and not cli.quiet:
         out.print(f"wait-import: {r.note}", markup=False)
     for res in r.results:
         counts = (
@@ -61,7 +70,8 @@ def _render_wait(r: Any) -> None:
         out.print(f"wait-import: batch {res.batch_id} import {res.status}{counts}")
 
 
-def _render_send(r: Any, dry_run: bool) -> None:
+def render_send(cli: Application, r: SendReport, dry_run: bool) -> None:
+    out = cli.out
     if dry_run:
         would = (
             f"would send {r.sent} in batch(es) {', '.join(map(str, r.batches))}" if r.sent else "nothing would be sent"
@@ -69,13 +79,13 @@ def _render_send(r: Any, dry_run: bool) -> None:
         note = r.note.removeprefix("nothing to send").strip()  # "(batch 2 not imported yet)" stays
         note = f" {note}" if note.startswith("(") else f" ({note})" if note else ""
         out.print(f"send-{r.channel} (dry run): {would}{note}", markup=False)
-        _render_samples(r.samples, f"send-{r.channel} sample")
+        render_samples(out, r.samples, f"send-{r.channel} sample")
         return
     if r.held:
         shown = ", ".join(f"{t} ({n})" for t, n in sorted(r.held.items()))
         out.print(f"send-{r.channel}: held, kept pending until their template is back in the config: {shown}")
     if not r.batches and not r.failed:
-        if not quiet():
+        if not cli.quiet:
             out.print(f"send-{r.channel}: {r.note}", markup=False)
         return
     out.print(
@@ -84,31 +94,28 @@ def _render_send(r: Any, dry_run: bool) -> None:
     )
 
 
-# -- commands -------------------------------------------------------------------------------------------------
-
-
-def _render_run_all(report: Any, dry_run: bool) -> None:
+def render_run_all(cli: Application, report: RunAllReport, dry_run: bool) -> None:
     for s in report.syncs:
-        _render_sync(s, dry_run)
+        render_sync(cli, s, dry_run)
     for w in report.waits:
-        _render_wait(w)
+        render_wait(cli, w)
     for r in report.sends:
-        _render_send(r, dry_run)
+        render_send(cli, r, dry_run)
 
 
-def _render_follow(r: Any) -> None:
-    out.print(
+def render_follow(cli: Application, r: FollowReport) -> None:
+    cli.out.print(
         f"follow: {r.cycles} cycles, {r.claimed} claimed; email {r.sent['email']} sent, {r.failed['email']} failed;"
         f" sms {r.sent['sms']} sent, {r.failed['sms']} failed; {r.unknown} unknown; {r.outages} outage(s); {r.note}",
         markup=False,
     )
 
 
-def _when(ts: float | None) -> str:
+def when(ts: float | None) -> str:
     return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _short_when(ts: float | None) -> str:
+def _shortwhen(ts: float | None) -> str:
     """A date that fits a table: month, day and minute this year; the full date for an older one."""
     if ts is None:
         return "-"
@@ -122,7 +129,7 @@ STATUS_DROP_ORDER = ("sync", "wait-import", "send-sms", "send-email", "invalid",
 
 
 def fit_table(
-    title: str, header: tuple[str, ...], rows: list[list[str]], drop_order: tuple[str, ...]
+    out: Console, title: str, header: tuple[str, ...], rows: list[list[str]], drop_order: tuple[str, ...]
 ) -> tuple[Table, list[str]]:
     """A table as wide as the console allows: columns are dropped in `drop_order` until it fits, and a cell that
     still does not fit wraps instead of being cut to `500…`. Returns the table and the dropped columns."""
@@ -142,18 +149,19 @@ def fit_table(
     return table, hidden
 
 
-def _secs(value: float | None) -> str:
+def secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
-def render_status(data: dict[str, Any]) -> None:
+def render_status(cli: Application, data: dict[str, Any]) -> None:
+    out = cli.out
     totals = ", ".join(f"{k} {v}" for k, v in sorted(data["totals"].items())) or "nothing yet"
     out.print(f"state {data['state']} · watermark {data['watermark']} · notifications: {totals}", markup=False)
     if f := data.get("follower"):
         state = {True: "running", False: "not running", None: "on another host"}[f["alive"]]
         out.print(
-            f"follower: {state} · {f['host']} pid {f['pid']} · since {_when(f['since'])} · last cycle "
-            f"{_when(f['last_cycle'])} · {f['cycles']} cycles · "
+            f"follower: {state} · {f['host']} pid {f['pid']} · since {when(f['since'])} · last cycle "
+            f"{when(f['last_cycle'])} · {f['cycles']} cycles · "
             + ("stopped" if f.get("stopped") else f"waiting for {f['waiting_for']}"),
             markup=False,
         )
@@ -188,12 +196,12 @@ def render_status(data: dict[str, Any]) -> None:
 
         def step(name: str, b: dict[str, Any] = b) -> str:
             s = b["steps"].get(name)
-            return "-" if s is None else f"{s['status']} {_secs(s['seconds'])}"
+            return "-" if s is None else f"{s['status']} {secs(s['seconds'])}"
 
         rows.append(
             [
                 str(b["batch"]),
-                _short_when(b["created_at"]),
+                _shortwhen(b["created_at"]),
                 b["status"],
                 str(b["rows"]),
                 str(b["invalid"]),
@@ -203,7 +211,7 @@ def render_status(data: dict[str, Any]) -> None:
                 *(step(name) for name in STEP_COLUMNS),
             ]
         )
-    table, hidden = fit_table("recent batches", header, rows, STATUS_DROP_ORDER)
+    table, hidden = fit_table(out, "recent batches", header, rows, STATUS_DROP_ORDER)
     out.print(table)
     if hidden:
         out.print(f"(not shown at {out.width} columns: {', '.join(hidden)}; see `mcnotify show BATCH`)", markup=False)
@@ -216,7 +224,7 @@ def render_status(data: dict[str, Any]) -> None:
             )
 
 
-def _gantt(steps: dict[str, dict[str, Any]], width: int = 50) -> list[tuple[str, str, str]]:
+def gantt(steps: dict[str, dict[str, Any]], width: int = 50) -> list[tuple[str, str, str]]:
     """One bar per step on a shared time axis: the batch's Gantt chart."""
     # A running step's bar reaches now; one whose process is gone without an end (interrupted) stops where it
     # started, with no duration, instead of growing for ever.
@@ -233,5 +241,5 @@ def _gantt(steps: dict[str, dict[str, Any]], width: int = 50) -> list[tuple[str,
     for name, start, end in spans:
         lead = int((start - first) * scale)
         size = max(1, round(((end or start) - start) * scale))
-        rows.append((name, " " * lead + "█" * min(size, width - lead), "-" if end is None else _secs(end - start)))
+        rows.append((name, " " * lead + "█" * min(size, width - lead), "-" if end is None else secs(end - start)))
     return rows

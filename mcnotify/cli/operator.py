@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
-from mcnotify.cli.base import JsonOut, _fail, _guard, _read_only, _run, _settings, _state, _use_secrets, app, out
-from mcnotify.cli.render import _gantt, _secs, _when, fit_table
+from mcnotify.cli.application import JsonOut, app, application
+from mcnotify.cli.render import fit_table, gantt, secs, when
 from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
 from mcnotify.redact import scrub
 
@@ -21,17 +21,20 @@ if TYPE_CHECKING:
 
 @app.command()
 def history(
+    ctx: typer.Context,
     json_out: JsonOut = False,
     step: Annotated[str | None, typer.Option(help="Only this command, e.g. run-all or send-email.")] = None,
-    result: Annotated[str | None, typer.Option(help="ok, failed, temporary or running.")] = None,
+    result: Annotated[
+        Literal["ok", "failed", "temporary", "running"] | None, typer.Option(help="Only runs with this result.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="How many runs, newest first (1 or more).")] = 20,
 ) -> None:
     """Recent runs, newest first: command, host, start, duration, exit code, counts, error."""
-    if result not in (None, "ok", "failed", "temporary", "running"):
-        _fail("--result must be ok, failed, temporary or running", EXIT_USAGE)
+    cli = application(ctx)
+    out = cli.out
     if limit < 1:
-        _fail("--limit must be 1 or more", EXIT_USAGE)
-    runs = _read_only(lambda ctx: ctx.store.runs(limit=limit, command=step, result=result))
+        cli.fail("--limit must be 1 or more", EXIT_USAGE)
+    runs = cli.read_only(lambda c: c.store.runs(limit=limit, command=step, result=result))
     for run in runs:
         run["counts"] = json.loads(run["counts"]) if run["counts"] else {}
     if json_out:
@@ -47,8 +50,8 @@ def history(
                 r["command"],
                 r["host"],
                 str(r["pid"]),
-                _when(r["started_at"]),
-                _secs(took),
+                when(r["started_at"]),
+                secs(took),
                 str(r["exit_code"]) if r["exit_code"] is not None else _unfinished(r),
                 counts,
                 r["error"] or "",
@@ -56,7 +59,7 @@ def history(
         )
     header = ("run", "command", "host", "pid", "started", "took", "exit", "counts", "error")
     # Long counts and errors wrap; on a narrow terminal the pid, then the host, then the duration give way.
-    table, _ = fit_table("runs", header, rows, ("pid", "host", "took"))
+    table, _ = fit_table(out, "runs", header, rows, ("pid", "host", "took"))
     out.print(table)
 
 
@@ -68,13 +71,17 @@ def _unfinished(run: dict[str, Any]) -> str:
 
 
 @app.command()
-def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: JsonOut = False) -> None:
+def show(
+    ctx: typer.Context, batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: JsonOut = False
+) -> None:
     """One batch: its steps on a timeline, the import's counts, sent/failed/invalid per channel, first errors."""
     from mcnotify import report
 
-    view = _read_only(lambda ctx: report.batch_view(ctx.store, batch))
+    cli = application(ctx)
+    out = cli.out
+    view = cli.read_only(lambda c: report.batch_view(c.store, batch))
     if view is None:
-        _fail(f"no batch {batch}", 1)
+        cli.fail(f"no batch {batch}", 1)
     if json_out:
         out.print_json(json.dumps(view, default=str))
         return
@@ -84,7 +91,7 @@ def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: 
         return "-" if value is None else str(value)
 
     out.print(
-        f"batch {view['batch']} · {view['status']} · created {_when(view['created_at'])} · {view['rows']} rows, "
+        f"batch {view['batch']} · {view['status']} · created {when(view['created_at'])} · {view['rows']} rows, "
         f"{view['invalid']} invalid, {view['conflicts']} key conflicts, {view['csv_rows']} subscribers uploaded",
         markup=False,
     )
@@ -94,11 +101,9 @@ def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: 
         markup=False,
     )
     if view["skipped"]:
-        out.print(
-            f"skipped by an operator at {_when(view['skipped']['at'])}: {view['skipped']['reason']}", markup=False
-        )
+        out.print(f"skipped by an operator at {when(view['skipped']['at'])}: {view['skipped']['reason']}", markup=False)
     timeline = Table("step", "timeline", "took", "status", "detail", title="steps")
-    bars = {name: (bar, took) for name, bar, took in _gantt(view["steps"])}
+    bars = {name: (bar, took) for name, bar, took in gantt(view["steps"])}
     for name, step_view in view["steps"].items():
         bar, took = bars.get(name, ("", "-"))
         timeline.add_row(name, bar, took, step_view["status"], step_view["detail"] or "")
@@ -120,32 +125,37 @@ def show(batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: 
 
 @app.command()
 def retry(
+    ctx: typer.Context,
     batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
-    channel: Annotated[str | None, typer.Option(help="email or sms; both when omitted.")] = None,
+    channel: Annotated[
+        Literal["email", "sms"] | None, typer.Option(help="Only this channel; both when omitted.")
+    ] = None,
 ) -> None:
     """Put a batch's failed notifications back to pending (never touches sent or unknown ones)."""
     from mcnotify.steps import repair
 
-    if channel not in (None, "email", "sms"):
-        _fail("--channel must be email or sms", EXIT_USAGE)
-    result = _run("retry", lambda ctx: repair.retry(ctx, batch, channel), False)
-    out.print(f"retry: batch {result.batch_id}: {result.note}")
+    cli = application(ctx)
+    result = cli.run("retry", lambda c: repair.retry(c, batch, channel), False)
+    cli.out.print(f"retry: batch {result.batch_id}: {result.note}")
 
 
 @app.command()
 def skip(
+    ctx: typer.Context,
     batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
     reason: Annotated[str, typer.Option(help="Why; kept with every skipped notification.")],
 ) -> None:
     """Mark a stuck batch done: what it has not sent is marked skipped with the reason."""
     from mcnotify.steps import repair
 
-    result = _run("skip", lambda ctx: repair.skip(ctx, batch, reason), False)
-    out.print(f"skip: {result.note}")
+    cli = application(ctx)
+    result = cli.run("skip", lambda c: repair.skip(c, batch, reason), False)
+    cli.out.print(f"skip: {result.note}")
 
 
 @app.command()
 def invalid(
+    ctx: typer.Context,
     batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.")] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write them to this CSV file instead ('-': standard output).")
@@ -156,12 +166,15 @@ def invalid(
     """List quarantined contacts with the reason, so the app team can fix their data."""
     from mcnotify import report
 
-    def read(ctx: Context) -> list[dict[str, Any]]:
-        if batch is not None and ctx.store.batch(batch) is None:
-            _fail(f"no batch {batch}", EXIT_FAILURE)  # like `show`: a typo must not look like "all clean"
-        return ctx.store.invalid_rows(batch, limit)
+    cli = application(ctx)
+    out = cli.out
 
-    rows = _read_only(read)
+    def read(c: Context) -> list[dict[str, Any]]:
+        if batch is not None and c.store.batch(batch) is None:
+            cli.fail(f"no batch {batch}", EXIT_FAILURE)  # like `show`: a typo must not look like "all clean"
+        return c.store.invalid_rows(batch, limit)
+
+    rows = cli.read_only(read)
     if csv_path == Path("-"):  # the usual "standard output"; nothing else is printed there
         report.write_invalid_csv(rows, sys.stdout)
         return
@@ -174,7 +187,7 @@ def invalid(
         try:
             count = write()
         except OSError as exc:
-            _fail(f"cannot write {csv_path}: {exc.strerror}", EXIT_FAILURE)
+            cli.fail(f"cannot write {csv_path}: {exc.strerror}", EXIT_FAILURE)
         out.print(f"invalid: {count} quarantined contact(s) written to {csv_path}", markup=False)
         return
     if json_out:
@@ -196,21 +209,22 @@ def invalid(
 
 
 @app.command()
-def doctor() -> None:
+def doctor(ctx: typer.Context) -> None:
     """Check the config, the state file, MySQL, SFTP, the MC token and the templates' definitions."""
     from mcnotify import doctor as doc
     from mcnotify.runner import open_context
 
-    settings = _settings()
+    cli = application(ctx)
+    settings = cli.settings()
 
     def go() -> list[doc.Check]:
-        with open_context(settings, lock=False) as ctx:
-            return doc.checks(ctx)
+        with open_context(settings, lock=False) as context:
+            return doc.checks(context)
 
-    results = _guard(go)
+    results = cli.guard(go)
     for c in results:
         mark = "[green]ok[/green]" if c.ok else "[red]failed[/red]"
-        out.print(
+        cli.out.print(
             f"{mark} {c.name}: "
             + scrub(c.detail, settings.secrets).replace("[", "\\[")
             + ("" if c.ok else " → " + c.hint.replace("[", "\\["))  # "[sftp]" is text, not markup
@@ -220,7 +234,9 @@ def doctor() -> None:
 
 
 @app.command()
-def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit that failed.")]) -> None:
+def alert(
+    ctx: typer.Context, unit: Annotated[str, typer.Option("--unit", help="The systemd unit that failed.")]
+) -> None:
     """Send a failure alert for a unit (mcnotify-alert@.service runs this from OnFailure=), unless the failed run
     has already alerted it."""
     import logging
@@ -230,19 +246,20 @@ def alert(unit: Annotated[str, typer.Option("--unit", help="The systemd unit tha
     from mcnotify.errors import ConfigError
     from mcnotify.runner import open_context
 
-    path = Path(_state["config"])
+    app_ = application(ctx)
+    path = app_.config_path
     try:
         settings = load(path)
     except ConfigError as exc:
         # The likeliest first-day failure is the config itself: alert it with [alerts] alone.
-        fallback = _guard(lambda: load_alerts_only(path))
-        _use_secrets(fallback)
+        fallback = app_.guard(lambda: load_alerts_only(path))
+        app_.use_secrets(fallback)
         hooks.unit_failed(fallback, None, unit, reason=f"its configuration does not load: {exc}")
         return
-    _use_secrets(settings)
+    app_.use_secrets(settings)
     try:
-        with open_context(settings, lock=False) as ctx:
-            hooks.unit_failed(settings, ctx.store, unit)
+        with open_context(settings, lock=False) as c:
+            hooks.unit_failed(settings, c.store, unit)
             return
     except Exception as exc:  # no state to check against: an alert too many beats none
         logging.getLogger("mcnotify").warning("state unavailable (%s: %s); alerting anyway", type(exc).__name__, exc)

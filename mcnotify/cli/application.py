@@ -1,4 +1,5 @@
-"""The CLI's shared parts: the typer app, consoles, global options, and how a command runs and fails."""
+"""The CLI's application: the typer app and its global options, and the `Application` object one invocation
+carries in typer's context (hatch's pattern) with its consoles, its secrets and how a command runs and fails."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -19,6 +21,7 @@ from mcnotify.errors import EXIT_FAILURE, EXIT_TEMPORARY, McnotifyError
 from mcnotify.redact import scrub
 
 if TYPE_CHECKING:  # the steps pull in requests, paramiko, phonenumbers: import them only when used
+    from mcnotify.logs import RedactingFilter
     from mcnotify.steps import Context
 
 T = TypeVar("T")
@@ -95,26 +98,140 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
-# Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns, unless
-# COLUMNS says otherwise (rich reads it when the width is left open).
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
-out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
-_state: dict[str, Any] = {"config": DEFAULT_CONFIG_PATH, "quiet": False, "secrets": ()}
-
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Check the import once; exit 75 while it is pending.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+def stdout_console() -> Console:
+    # Not a terminal (CI, journald, pipes): a wide fixed width so tables are not squeezed into 80 columns, unless
+    # COLUMNS says otherwise (rich reads it when the width is left open).
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
+    return Console(highlight=False, soft_wrap=True, width=width)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+
+
+Meter = Callable[[str, int, int], None]
+
+
+@dataclass
+class Application:
+    """One invocation's global options and what follows from them: the consoles, the log redactor, the secrets
+    it learns once the config is read, and whether progress bars are wanted. The app's callback creates it and
+    keeps it in typer's context (`ctx.obj`); a command gets it with `application(ctx)`."""
+
+    config_path: Path = DEFAULT_CONFIG_PATH
+    quiet: bool = False  # -q: besides warnings and errors, only what a command did; nothing to do prints nothing
+    verbose: bool = False
+    log_json: bool = False
+    bars: bool = False
+    out: Console = field(default_factory=stdout_console)
+    err: Console = field(default_factory=stderr_console)
+    redactor: RedactingFilter | None = None
+    secrets: tuple[str, ...] = ()
+
+    def fail(self, message: str, code: int) -> NoReturn:
+        """The last line: an error, or a notice for "try again later" (exit 75: a held lock, a pending import),
+        with its syslog priority when journald reads stderr (`journalctl -p err` finds every failure)."""
+        from mcnotify import logs
+
+        notice = code == EXIT_TEMPORARY
+        text = scrub(message, self.secrets)
+        if self.log_json:  # the last line too is one a log collector can parse
+            level = "notice" if notice else "error"
+            print(logs.json_line(level, text, error=text, exit_code=code), file=sys.stderr, flush=True)
+            raise typer.Exit(code)
+        text = f"mcnotify: {'' if notice else 'error: '}{text}"
+        if logs.log_format(False, sys.stderr) == "journal":
+            text = f"<{5 if notice else 3}>{text}"
+        self.err.print(text, markup=False, highlight=False)
+        raise typer.Exit(code)
+
+    def guard(self, fn: Callable[[], T]) -> T:
+        """Every failure becomes one line and an exit code; a traceback only with MCNOTIFY_DEBUG=1."""
+        try:
+            return fn()
+        except McnotifyError as exc:
+            self.fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            self.fail("interrupted", 130)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get("MCNOTIFY_DEBUG"):
+                raise
+            self.fail(f"unexpected {type(exc).__name__}: {exc} (MCNOTIFY_DEBUG=1 shows a traceback)", EXIT_FAILURE)
+
+    def settings(self, path: Path | None = None) -> Settings:
+        """The config (--config unless `path` names another), its secrets handed to the redactor at once."""
+        settings = self.guard(lambda: load(path or self.config_path))
+        self.use_secrets(settings)
+        return settings
+
+    def use_secrets(self, settings: Settings) -> None:
+        from mcnotify import logs
+
+        self.secrets = settings.secrets
+        logs.set_secrets(self.redactor, settings.secrets)
+
+    def run_with_meter(self, fn: Callable[[Meter | None], T]) -> T:
+        """Call fn with a terminal progress meter when bars are wanted (else None), and always remove the bars."""
+        meter = TerminalMeter(self.err) if self.bars else None
+        try:
+            return self.guard(lambda: fn(meter))
+        finally:
+            if meter is not None:
+                meter.close()
+
+    def run(self, command: str, action: Callable[[Context], T], dry_run: bool) -> T:
+        """A step as a recorded run: the config, the lock, the run record and the hooks (see runner.execute)."""
+        from mcnotify.runner import execute
+
+        settings = self.settings()
+        return self.run_with_meter(lambda meter: execute(settings, command, action, dry_run=dry_run, meter=meter))
+
+    def read_only(self, build: Callable[[Context], T]) -> T:
+        """Run a view against the state without taking the lock or recording a run."""
+        from mcnotify.runner import open_context
+
+        settings = self.settings()
+
+        def go() -> T:
+            with open_context(settings, dry_run=True, lock=False) as ctx:
+                return build(ctx)
+
+        return self.guard(go)
+
+    def exit_with_verdict(self, report: object) -> None:
+        """After a report is rendered: exit with the failure it carries (refused notifications, a channel that
+        gave up), which the run record and the alert hooks already have."""
+        from mcnotify.runner import verdict
+
+        problem = verdict(report)
+        if problem is not None:
+            self.fail(str(problem), problem.exit_code)
+
+
+def application(ctx: typer.Context) -> Application:
+    """The invocation's Application, which the app's callback put in the context (subcommands inherit it)."""
+    found = ctx.find_object(Application)
+    if found is None:  # a command invoked without the app's callback: a bug, not an operator's mistake
+        raise RuntimeError("mcnotify: no Application in the context")
+    return found
+
+
 def _version(value: bool) -> None:
     if value:
-        out.print(f"mcnotify {__version__}")
+        stdout_console().print(f"mcnotify {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", "-c", envvar="MCNOTIFY_CONFIG", help="Config file.")] = (
         DEFAULT_CONFIG_PATH
     ),
@@ -130,66 +247,15 @@ def main_options(
 
     from mcnotify import logs
 
-    _state["config"], _state["quiet"], _state["log_json"] = config, quiet, log_json
+    cli = Application(config_path=config, quiet=quiet, verbose=verbose, log_json=log_json)
     # A progress bar only where someone watches: a terminal, normal verbosity, no JSON lines.
-    _state["bars"] = err.is_terminal and not quiet and not verbose and not log_json
+    cli.bars = cli.err.is_terminal and not quiet and not verbose and not log_json
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    terminal = RichHandler(console=err, show_path=False, show_level=False, markup=False, rich_tracebacks=False)
-    _state["redactor"] = logs.setup(
+    terminal = RichHandler(console=cli.err, show_path=False, show_level=False, markup=False, rich_tracebacks=False)
+    cli.redactor = logs.setup(
         level, json_lines=log_json, mask_contacts=not show_contacts, terminal_handler=terminal, stream=sys.stderr
     )
-
-
-def quiet() -> bool:
-    """-q: besides warnings and errors, only what a command did; a run with nothing to do prints nothing."""
-    return bool(_state["quiet"])
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    """The last line: an error, or a notice for "try again later" (exit 75: a held lock, a pending import), with
-    its syslog priority when journald reads stderr (`journalctl -p err` finds every failure)."""
-    from mcnotify import logs
-
-    notice = code == EXIT_TEMPORARY
-    text = scrub(message, _state["secrets"])
-    if _state.get("log_json"):  # the last line too is one a log collector can parse
-        level = "notice" if notice else "error"
-        print(logs.json_line(level, text, error=text, exit_code=code), file=sys.stderr, flush=True)
-        raise typer.Exit(code)
-    text = f"mcnotify: {'' if notice else 'error: '}{text}"
-    if logs.log_format(False, sys.stderr) == "journal":
-        text = f"<{5 if notice else 3}>{text}"
-    err.print(text, markup=False, highlight=False)
-    raise typer.Exit(code)
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Every failure becomes one line and an exit code; a traceback only with MCNOTIFY_DEBUG=1."""
-    try:
-        return fn()
-    except McnotifyError as exc:
-        _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        if os.environ.get("MCNOTIFY_DEBUG"):
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (MCNOTIFY_DEBUG=1 shows a traceback)", EXIT_FAILURE)
-
-
-def _settings() -> Settings:
-    settings = _guard(lambda: load(Path(_state["config"])))
-    _use_secrets(settings)
-    return settings
-
-
-def _use_secrets(settings: Settings) -> None:
-    from mcnotify import logs
-
-    _state["secrets"] = settings.secrets
-    logs.set_secrets(_state.get("redactor"), settings.secrets)
+    ctx.obj = cli
 
 
 class TerminalMeter:
@@ -222,46 +288,3 @@ class TerminalMeter:
         if self.bars is not None:
             self.bars.stop()
             self.bars = None
-
-
-def run_with_meter(fn: Callable[[Callable[[str, int, int], None] | None], T]) -> T:
-    """Call fn with a terminal progress meter when bars are wanted (else None), and always remove the bars."""
-    meter = TerminalMeter(err) if _state.get("bars") else None
-    try:
-        return _guard(lambda: fn(meter))
-    finally:
-        if meter is not None:
-            meter.close()
-
-
-def exit_with_verdict(report: Any) -> None:
-    """After a report is rendered: exit with the failure it carries (refused notifications, a channel that
-    gave up), which the run record and the alert hooks already have."""
-    from mcnotify.runner import verdict
-
-    problem = verdict(report)
-    if problem is not None:
-        _fail(str(problem), problem.exit_code)
-
-
-def _run(command: str, action: Callable[[Context], T], dry_run: bool) -> T:
-    from mcnotify.runner import execute
-
-    settings = _settings()
-    return run_with_meter(lambda meter: execute(settings, command, action, dry_run=dry_run, meter=meter))
-
-
-# -- rendering ------------------------------------------------------------------------------------------------
-
-
-def _read_only(build: Callable[[Context], T]) -> T:
-    """Run a view against the state without taking the lock or recording a run."""
-    from mcnotify.runner import open_context
-
-    settings = _settings()
-
-    def go() -> T:
-        with open_context(settings, dry_run=True, lock=False) as ctx:
-            return build(ctx)
-
-    return _guard(go)
