@@ -18,7 +18,7 @@ from mcnotify import hooks, logs
 from mcnotify.config import Settings
 from mcnotify.errors import EXIT_TEMPORARY, LockHeld, McnotifyError
 from mcnotify.redact import scrub
-from mcnotify.state import StateStore
+from mcnotify.state import StateStore, Store
 from mcnotify.steps import Context
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ def open_context(
         store.close()
 
 
-def _lock_holder(store: StateStore) -> str | None:
+def _lock_holder(store: Store) -> str | None:
     """Who holds the run lock, from the runs it recorded (newest unfinished one whose process may live)."""
     from mcnotify.report import process_alive
 
