@@ -257,7 +257,7 @@ def test_sigterm_records_a_hung_triggered_send_as_unknown(env: Env, app_db: Any)
     env.write(email={"api": "triggered-send", "concurrency": 2}, marketing_cloud={"timeout": 30.0})
     rc, err, seconds = stop_run(env, _slow_sends(env, 30.0, path=TRIGGERED))
     assert_stopped(rc, err, seconds, env)
-    counts = statuses(env)
+    counts = statuses(env, "email")
     # Only the requests MC had been handed are unknown; the rest go out next run.
     assert 1 <= counts["unknown"] <= 2 and counts["pending"] == 20 - counts["unknown"], counts
     with read_state(env.state_path) as store:
@@ -270,7 +270,7 @@ def test_sigterm_records_a_slow_triggered_send_that_answers_within_the_grace(env
     env.write(email={"api": "triggered-send", "concurrency": 1}, marketing_cloud={"timeout": 30.0})
     rc, err, seconds = stop_run(env, _slow_sends(env, 1.0, times=1, path=TRIGGERED))
     assert_stopped(rc, err, seconds, env)
-    counts = statuses(env)
+    counts = statuses(env, "email")
     assert counts["sent"] >= 1 and counts["unknown"] == 0, counts  # its true outcome, not "unknown"
     emails = [m for m in env.accepted() if m["channel"] == "email"]
     assert len(emails) == counts["sent"]  # what MC accepted is what the state says was sent
