@@ -31,18 +31,11 @@ def _run(name: str, hint: str, fn: Callable[[], str]) -> Check:
 
 def _message_keys(ctx: Context) -> str:
     """Notifications waiting to be sent whose stored messageKey MC would refuse (keys are fixed at claim time)."""
-    from mcnotify.message_keys import SQL_INVALID
-
     channels = ["sms"] + (["email"] if ctx.settings.section("email")["api"] == "transactional" else [])
-    bad = ctx.store.conn.execute(
-        "SELECT count(*), min(batch_id) FROM notifications WHERE status IN ('pending', 'sending')"
-        f" AND channel IN ({','.join('?' * len(channels))}) AND message_key IS NOT NULL"
-        f" AND {SQL_INVALID.format(col='message_key')}",
-        channels,
-    ).fetchone()
-    if bad[0]:
+    bad, first = ctx.store.bad_message_keys(channels)
+    if bad:
         raise McnotifyError(
-            f"{bad[0]} notifications waiting to be sent (first in batch {bad[1]}) have a messageKey over"
+            f"{bad} notifications waiting to be sent (first in batch {first}) have a messageKey over"
             " 100 characters or with characters other than A-Z a-z 0-9 _ . -; MC will refuse every one"
         )
     return "every messageKey waiting to be sent is one MC accepts"
@@ -53,8 +46,7 @@ def checks(ctx: Context) -> list[Check]:
     results = [Check("config", True, f"{settings.path} is valid")]
 
     def state() -> str:
-        ctx.store.conn.execute("BEGIN IMMEDIATE")
-        ctx.store.conn.execute("ROLLBACK")
+        ctx.store.probe_write()
         return f"{ctx.store.path} is writable"
 
     results.append(_run("state", "check the [state] path's folder exists and belongs to this user", state))

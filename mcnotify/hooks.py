@@ -21,7 +21,7 @@ from typing import Any
 
 from mcnotify.config import Settings
 from mcnotify.errors import EXIT_OK, EXIT_TEMPORARY
-from mcnotify.state import StateStore
+from mcnotify.state import Store
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,16 @@ ALERTS_META = "alerts"  # state meta: command -> the failure last alerted for it
 RECENT = 900.0  # seconds: a failed run this recent is the one an alert unit was started for
 
 
-def _alerted(store: StateStore | None) -> dict[str, Any]:
+def _alerted(store: Store | None) -> dict[str, Any]:
     value = store.get_meta(ALERTS_META) if store is not None else None
     return value if isinstance(value, dict) else {}
 
 
-def _writable(store: StateStore | None) -> StateStore | None:
+def _writable(store: Store | None) -> Store | None:
     return None if store is None or store.read_only or store.lost else store
 
 
-def failure_alert(
-    settings: Settings, store: StateStore | None, command: str, failure: str, subject: str, body: str
-) -> bool:
+def failure_alert(settings: Settings, store: Store | None, command: str, failure: str, subject: str, body: str) -> bool:
     """Alert a failure once: the same `failure` (exit code and error) of the same command again only after
     `alerts.repeat_after`, a different one at once. Remembered in the state's meta, which the runs and the
     alert unit share: the unit started by OnFailure= for a run that has already alerted stays quiet. Returns
@@ -123,7 +121,7 @@ def failure_alert(
     return True
 
 
-def _recovered(store: StateStore | None, command: str) -> bool:
+def _recovered(store: Store | None, command: str) -> bool:
     """Forget the failure alerted for `command`; True when there was one."""
     store = _writable(store)
     try:
@@ -139,7 +137,7 @@ def _recovered(store: StateStore | None, command: str) -> bool:
         return False
 
 
-def run_finished(settings: Settings, store: StateStore, command: str, exit_code: int, error: str | None) -> None:
+def run_finished(settings: Settings, store: Store, command: str, exit_code: int, error: str | None) -> None:
     host = socket.gethostname()
     if exit_code in (143, 130):  # an operator's systemctl stop or Ctrl-C is not an incident
         return
@@ -165,7 +163,7 @@ def command_of_unit(unit: str) -> str:
     return name.removeprefix("mcnotify-")
 
 
-def unit_failed(settings: Settings, store: StateStore | None, unit: str, reason: str | None = None) -> bool:
+def unit_failed(settings: Settings, store: Store | None, unit: str, reason: str | None = None) -> bool:
     """`mcnotify alert --unit U` (systemd's OnFailure=): alert, unless the run has already alerted this very
     failure. A run that ended recorded gives its exit code and error (the same failure the run alerted, so no
     second message); a process that died unrecorded (killed, timed out, crashed) is alerted as such."""
@@ -193,7 +191,7 @@ def unit_failed(settings: Settings, store: StateStore | None, unit: str, reason:
     )
 
 
-RUN_GAUGES = (  # (metric, column of StateStore.last_runs, help)
+RUN_GAUGES = (  # (metric, column of Store.last_runs, help)
     ("mcnotify_last_success_timestamp_seconds", "last_success", "Unix time the step last finished successfully."),
     ("mcnotify_last_run_duration_seconds", "duration", "How long the step's last run took."),
     ("mcnotify_last_run_exit_code", "exit_code", "Exit code of the step's last run."),
@@ -207,7 +205,7 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def metrics_text(store: StateStore) -> str:
+def metrics_text(store: Store) -> str:
     last = store.last_runs()
     lines: list[str] = []
     for metric, column, text in RUN_GAUGES:
@@ -238,12 +236,12 @@ def metrics_text(store: StateStore) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_metrics_guarded(store: StateStore, path: str) -> None:
+def write_metrics_guarded(store: Store, path: str) -> None:
     """write_metrics, never failing the caller (a monitoring hook)."""
     _guarded("metrics textfile", lambda: write_metrics(store, Path(path)))
 
 
-def write_metrics(store: StateStore, path: Path) -> None:
+def write_metrics(store: Store, path: Path) -> None:
     """Atomically: the node exporter must never read half a file."""
     text = metrics_text(store)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

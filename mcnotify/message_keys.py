@@ -17,9 +17,7 @@ CHANNELS = ("email", "sms")
 # The hashed form is the longest a valid prefix can produce: `-{channel}-h{hash}`.
 MAX_PREFIX = MAX_LENGTH - max(len(f"-{c}-h") for c in CHANNELS) - HASH_CHARS
 SAFE_CHARS = "A-Za-z0-9_.-"  # letters, digits and _ . - only: nothing MC could restrict or a URL could mangle
-_SAFE = re.compile(rf"[{SAFE_CHARS}]+")
-# The same rule in SQLite's GLOB syntax, for the state file's triggers and doctor.
-SQL_INVALID = f"(length({{col}}) NOT BETWEEN 1 AND {MAX_LENGTH} OR {{col}} GLOB '*[^{SAFE_CHARS}]*')"
+_SAFE = re.compile(rf"[{SAFE_CHARS}]+")  # the state applies the same rule to stored keys (bad_message_keys)
 
 
 def prefix_problem(prefix: str) -> str | None:

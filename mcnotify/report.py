@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcnotify.config import Template
-from mcnotify.state import StateStore
+from mcnotify.state import Store
 
 STEPS = ("sync", "wait-import", "send-email", "send-sms")
 
@@ -35,7 +35,7 @@ def process_alive(host: str | None, pid: Any) -> bool | None:
     return True
 
 
-def someone_runs(store: StateStore) -> bool:
+def someone_runs(store: Store) -> bool:
     """Whether a recorded, unfinished run may still be at work (a step marked running may really be running)."""
     return any(process_alive(r["host"], r["pid"]) is not False for r in store.runs(limit=20, result="running"))
 
@@ -43,7 +43,7 @@ def someone_runs(store: StateStore) -> bool:
 GONE = "its process ended without recording how (killed?)"
 
 
-def batch_view(store: StateStore, batch_id: int, running: bool | None = None) -> dict[str, Any] | None:
+def batch_view(store: Store, batch_id: int, running: bool | None = None) -> dict[str, Any] | None:
     """`running`: whether a run may be at work now (someone_runs); a step marked running without one shows as
     interrupted instead of counting its duration up for ever."""
     batch = store.batch(batch_id)
@@ -117,7 +117,7 @@ def follower_view(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**meta, "alive": alive}
 
 
-def status(store: StateStore, limit: int = 10, templates: Mapping[str, Template] | None = None) -> dict[str, Any]:
+def status(store: Store, limit: int = 10, templates: Mapping[str, Template] | None = None) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for (_, status_name), n in store.counts().items():
         totals[status_name] = totals.get(status_name, 0) + n

@@ -19,7 +19,7 @@ from mcnotify import hooks, logs
 from mcnotify.config import Settings
 from mcnotify.errors import EXIT_TEMPORARY, ConfigError, LockHeld, McnotifyError
 from mcnotify.redact import scrub
-from mcnotify.state import StateStore
+from mcnotify.state import StateStore, Store
 from mcnotify.steps import Context
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ def open_context(
 LOCK_WAIT = "MCNOTIFY_LOCK_WAIT"  # seconds to wait for a held lock (the chained send units: one after the other)
 
 
-def _lock(store: StateStore) -> None:
+def _lock(store: Store) -> None:
     """Take the run lock; with MCNOTIFY_LOCK_WAIT set, wait that long for a run that holds it (a stop request
     ends the wait). Otherwise, or when the wait runs out: exit 75, naming the holder."""
     from mcnotify import stop
@@ -76,7 +76,7 @@ def _lock(store: StateStore) -> None:
         stop.sleep(min(0.2, max(0.0, deadline - time.monotonic())))  # Stopped on a stop request
 
 
-def _lock_holder(store: StateStore) -> str | None:
+def _lock_holder(store: Store) -> str | None:
     """Who holds the run lock, from the runs it recorded (newest unfinished one whose process may live)."""
     from mcnotify.report import process_alive
 

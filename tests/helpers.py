@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from typer.testing import CliRunner, Result
 
 from mcnotify.cli import app
+from mcnotify.state import StateStore, Store
 
 QUERY = (
     "SELECT notification_id, template, subscriber_key, email, phone, sender_name, receiver_name, amount"
@@ -77,3 +81,24 @@ def people(n: int, offset: int = 0) -> list[tuple[str, str, str, str, str, str]]
 
 def run_cli(config: Path, *args: str) -> Result:
     return CliRunner().invoke(app, ["--config", str(config), *args], catch_exceptions=False)
+
+
+@contextmanager
+def read_state(path: Path) -> Iterator[Store]:
+    """The state as a dry run sees it: read-only, and leaving the file, its WAL and -shm as they were."""
+    store = StateStore(path, read_only=True)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class HasState(Protocol):
+    @property
+    def state_path(self) -> Path: ...
+
+
+def statuses(env: HasState, channel: str | None = None) -> Counter[str]:
+    """How many notifications (of one channel) are in each status, read through the store."""
+    with read_state(env.state_path) as store:
+        return Counter(store.status_counts(channel))

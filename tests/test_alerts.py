@@ -94,6 +94,7 @@ def test_alert_unit_tells_of_a_run_that_died_unrecorded(alerting: tuple[Sandbox,
     _, config = alerting
     assert run_cli(config, "sync").exit_code == 0
     # A sync killed by systemd (TimeoutStartSec, OOM) leaves its run unfinished and alerts nothing itself.
+    # Raw sqlite3: a run no mcnotify process would record this way (tampering on purpose).
     with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
         conn.execute(
             "INSERT INTO runs (command, host, pid, started_at) VALUES ('sync', 'here', 4242, ?)", (time.time(),)

@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from tests.conftest import Env
-from tests.helpers import event_rows, people, run_cli
+from tests.helpers import event_rows, people, read_state, run_cli
 from tests.services import free_port
 
 
@@ -83,7 +83,7 @@ def test_disk_full_for_the_state_file(env: Env, app_db: Any) -> None:
     full = subprocess.run(command, capture_output=True, text=True, preexec_fn=small_disk, timeout=120)
     assert full.returncode == 1, full.stderr
     assert "state file" in one_line(full.stderr) and ("full" in full.stderr or "large" in full.stderr)
-    with sqlite3.connect(env.state_path) as conn:
+    with sqlite3.connect(env.state_path) as conn:  # raw: the file's own integrity, below any store
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -105,8 +105,8 @@ def test_sigterm_finishes_the_request_in_flight_and_stops(env: Env, app_db: Any)
     assert time.monotonic() - stopped_at < 2.0
     assert proc.returncode == 143 and "stopped by SIGTERM" in one_line(err)
     # Everything MC accepted is recorded as sent: nothing in flight was abandoned.
-    with sqlite3.connect(env.state_path) as conn:
-        sent = {r[0] for r in conn.execute("SELECT message_key FROM notifications WHERE status = 'sent'")}
+    with read_state(env.state_path) as store:
+        sent = {n.message_key for n in store.notifications(status="sent")}
     accepted = {m["messageKey"] for m in env.accepted()}
     assert accepted == sent and 0 < len(sent) < 900
     env.sandbox.settings.latency = 0

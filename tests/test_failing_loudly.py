@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,13 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Env
-from tests.helpers import TEMPLATES, event_rows, people, run_cli
+from tests.helpers import TEMPLATES, event_rows, people, run_cli, statuses
 from tests.test_follow import slack
-
-
-def statuses(env: Env) -> Counter[str]:
-    with sqlite3.connect(env.state_path) as conn:
-        return Counter(dict(conn.execute("SELECT status, COUNT(*) FROM notifications GROUP BY status").fetchall()))
 
 
 def step_status(env: Env, step: str) -> str | None:

@@ -7,7 +7,6 @@ import http.server
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,12 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tests.conftest import Env
-from tests.helpers import event_rows, people, run_cli
-
-
-def statuses(env: Env) -> Counter[str]:
-    with sqlite3.connect(env.state_path) as conn:
-        return Counter(dict(conn.execute("SELECT status, COUNT(*) FROM notifications GROUP BY status").fetchall()))
+from tests.helpers import event_rows, people, run_cli, statuses
 
 
 def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:

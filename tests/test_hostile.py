@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import Env
-from tests.helpers import run_cli
+from tests.helpers import read_state, run_cli
 
 CORPUS = json.loads((Path(__file__).parent / "data" / "hostile_rows.json").read_text(encoding="utf-8"))
 
@@ -37,10 +36,8 @@ def test_every_hostile_row_is_sent_once_or_quarantined_with_a_reason(env: Env, a
     load(env)
     result = run_cli(env.config, "run-all")
     assert result.exit_code == 0, result.output
-    with sqlite3.connect(env.state_path) as conn:
-        state = {
-            r[0]: (r[1], r[2] or "") for r in conn.execute("SELECT notification_id, status, reason FROM notifications")
-        }
+    with read_state(env.state_path) as store:
+        state = {n.notification_id: (n.status, n.reason or "") for n in store.notifications()}
     accepted = Counter(m["messageKey"] for m in env.accepted())
     assert set(accepted.values()) == {1}
     for row in CORPUS:

@@ -138,6 +138,7 @@ def test_retry_and_skip_never_resend_accepted_messages(env: Env, app_db: Any) ->
     env.write(marketing_cloud={"max_attempts": 2})
     assert run_cli(env.config, "run-all").exit_code == 69
     # Mark the emails failed by hand to model a transient failure that exhausted its retries.
+    # Raw sqlite3: no store operation fails a sent notification; this tampers on purpose.
     with sqlite3.connect(env.state_path) as conn:
         conn.execute("UPDATE notifications SET status = 'failed', error_code = '50300' WHERE notification_id = '1'")
     env.sandbox.account.faults.clear()

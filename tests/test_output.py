@@ -48,6 +48,7 @@ def test_status_fits_the_terminal_and_limit_must_be_positive(demo: tuple[Sandbox
     _, config = demo
     assert run_cli(config, "run-all").exit_code == 0
     state = Path(json.loads(run_cli(config, "status", "--json").output)["state"])
+    # Raw sqlite3: a count no run of this size would produce (tampering on purpose).
     with sqlite3.connect(state) as conn:  # a big batch: the count that used to show as `500…`
         conn.execute("UPDATE batches SET rows = 50000 WHERE id = 1")
     narrow = mcnotify(config, "status", columns=80)

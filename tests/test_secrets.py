@@ -20,12 +20,13 @@ from urllib3.util.url import parse_url
 from mcnotify import doctor
 from mcnotify.config import parse
 from mcnotify.errors import ConfigError, McApiError
-from mcnotify.mc.auth import TokenCache, TokenProvider, issued_for
+from mcnotify.mc.auth import TokenProvider, issued_for
 from mcnotify.message_keys import MAX_PREFIX, key_problem
 from mcnotify.sandbox import Sandbox
 from mcnotify.sandbox.model import SandboxSettings
 from mcnotify.state import StateStore
 from mcnotify.state.schema import MIGRATIONS
+from mcnotify.state.tokens import NoTokenCache, SqliteTokenCache
 from mcnotify.steps import Context
 from mcnotify.steps.classify import message_key
 from tests.conftest import Env
@@ -116,7 +117,7 @@ def test_a_stored_key_mc_would_refuse_is_not_sent_but_failed_with_the_reason(box
     from mcnotify.mc.client import McClient
 
     section = mc_section(box.url)
-    client = McClient(section, TokenProvider(section, TokenCache(None)))
+    client = McClient(section, TokenProvider(section, NoTokenCache()))
     bad = ["x" * 95 + "-email-1", "mcn prod-email-2"]  # claimed by an older mcnotify under a bad prefix
     recipients = [rest.Recipient(k, f"m-{i}", f"a{i}@example.com") for i, k in enumerate([*bad, "mcn-email-3"])]
     verdicts = rest.send_transactional(client, "email", "red-envelope-sent", recipients)
@@ -131,6 +132,7 @@ def test_a_stored_key_mc_would_refuse_is_not_sent_but_failed_with_the_reason(box
 def test_doctor_reports_pending_notifications_whose_stored_key_mc_would_refuse(tmp_path: Path) -> None:
     # A state file written by an older mcnotify (schema 2) that claimed rows with an over-long prefix.
     path = tmp_path / "state.db"
+    # Raw sqlite3: a file an older release wrote, built by hand.
     with sqlite3.connect(path) as conn:
         for number, script in enumerate(MIGRATIONS[:2], start=1):
             conn.executescript(f"{script}\nPRAGMA user_version={number};")
@@ -356,7 +358,7 @@ def mc_section(url: str, secret: str = "s3cret-value", **over: Any) -> dict[str,
     ],
 )
 def test_an_unsafe_rest_url_from_mc_is_refused(rest_url: str) -> None:
-    tokens = TokenProvider(mc_section("https://mc.auth.example.com/"), TokenCache(None), lambda: FakeSession(rest_url))  # type: ignore[arg-type,return-value]
+    tokens = TokenProvider(mc_section("https://mc.auth.example.com/"), NoTokenCache(), lambda: FakeSession(rest_url))  # type: ignore[arg-type,return-value]
     with pytest.raises(McApiError, match="unsafe rest_instance_url") as info:
         tokens.get()
     assert "RestPw-1" not in str(info.value)
@@ -364,7 +366,7 @@ def test_an_unsafe_rest_url_from_mc_is_refused(rest_url: str) -> None:
 
 def test_a_safe_rest_url_from_mc_is_used_as_parsed() -> None:
     session = FakeSession("MC.rest.example.com")
-    tokens = TokenProvider(mc_section("https://mc.auth.example.com/"), TokenCache(None), lambda: session)  # type: ignore[arg-type,return-value]
+    tokens = TokenProvider(mc_section("https://mc.auth.example.com/"), NoTokenCache(), lambda: session)  # type: ignore[arg-type,return-value]
     assert tokens.get().rest_url == "https://mc.rest.example.com/"
 
 
@@ -389,7 +391,7 @@ def test_a_plain_http_token_request_never_goes_through_a_proxy(
         monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens: a proxied request fails
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    tokens = TokenProvider(mc_section(box.url), TokenCache(None))
+    tokens = TokenProvider(mc_section(box.url), NoTokenCache())
     assert tokens.get().access_token and tokens.requests_made == 1
 
 
@@ -402,8 +404,8 @@ def test_a_plain_http_token_request_never_goes_through_a_proxy(
 )
 def test_a_cached_token_is_not_used_for_other_credentials(box: Sandbox, tmp_path: Path, change: dict[str, Any]) -> None:
     state = fresh_state(tmp_path)
-    TokenProvider(mc_section(box.url), TokenCache(state)).get()
-    changed = TokenProvider(mc_section(box.url, **change), TokenCache(state))
+    TokenProvider(mc_section(box.url), SqliteTokenCache(state)).get()
+    changed = TokenProvider(mc_section(box.url, **change), SqliteTokenCache(state))
     with pytest.raises(ConfigError, match="MC refused the client credentials"):
         changed.get()
     assert changed.requests_made == 1
@@ -417,12 +419,12 @@ def test_a_new_business_unit_scope_or_auth_url_gets_its_own_token(
     box: Sandbox, tmp_path: Path, change: dict[str, Any]
 ) -> None:
     state = fresh_state(tmp_path)
-    first = TokenProvider(mc_section(box.url), TokenCache(state)).get()
+    first = TokenProvider(mc_section(box.url), SqliteTokenCache(state)).get()
     port = str(parse_url(box.url).port)
     over = {k: v.replace("{port}", port) for k, v in change.items()}
-    second = TokenProvider(mc_section(box.url, **over), TokenCache(state))
+    second = TokenProvider(mc_section(box.url, **over), SqliteTokenCache(state))
     assert second.get().access_token != first.access_token and second.requests_made == 1
-    same = TokenProvider(mc_section(box.url, **over), TokenCache(state))  # unchanged credentials: reused
+    same = TokenProvider(mc_section(box.url, **over), SqliteTokenCache(state))  # unchanged credentials: reused
     assert same.get().access_token == second.get().access_token and same.requests_made == 0
 
 
@@ -430,7 +432,8 @@ def test_the_cache_key_is_not_the_secret_nor_its_plain_hash(box: Sandbox, tmp_pa
     import hashlib
 
     state = fresh_state(tmp_path)
-    TokenProvider(mc_section(box.url), TokenCache(state)).get()
+    TokenProvider(mc_section(box.url), SqliteTokenCache(state)).get()
+    # Raw sqlite3: the whole file on disk is what must not hold the secret.
     with sqlite3.connect(state) as conn:
         dump = "\n".join(conn.iterdump())
         stored = conn.execute("SELECT issued_for FROM token").fetchone()[0]
@@ -450,7 +453,7 @@ def test_doctor_proves_the_credentials_with_a_fresh_token(env: Env) -> None:
 def test_the_token_cache_never_recreates_a_deleted_state_file(box: Sandbox, tmp_path: Path) -> None:
     state = fresh_state(tmp_path)
     state.unlink()
-    tokens = TokenProvider(mc_section(box.url), TokenCache(state))
+    tokens = TokenProvider(mc_section(box.url), SqliteTokenCache(state))
     assert tokens.get().access_token
     assert not state.exists()
 

@@ -22,12 +22,7 @@ from mcnotify.runner import open_context
 from mcnotify.state import StateStore
 from mcnotify.steps import send
 from tests.conftest import Env
-from tests.helpers import TEMPLATES, event_rows, people, run_cli
-
-
-def statuses(env: Env) -> Counter[str]:
-    with sqlite3.connect(env.state_path) as conn:
-        return Counter(dict(conn.execute("SELECT status, COUNT(*) FROM notifications GROUP BY status").fetchall()))
+from tests.helpers import TEMPLATES, event_rows, people, run_cli, statuses
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -82,6 +77,7 @@ def test_a_stray_write_or_request_in_a_preview_raises(env: Env, app_db: Any) -> 
 def test_a_preview_of_a_state_from_an_older_release_migrates_only_a_copy(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(2)))
     assert run_cli(env.config, "sync").exit_code == 0
+    # Raw sqlite3: turning the file back into an older schema is below any store.
     conn = sqlite3.connect(env.state_path)
     # As the release before migrations 3 and 4 wrote it.
     conn.execute("ALTER TABLE token DROP COLUMN issued_for")
@@ -98,6 +94,7 @@ def test_a_preview_of_a_state_from_an_older_release_migrates_only_a_copy(env: En
     assert run_cli(env.config, "send-email", "--dry-run").exit_code == 0
     assert run_cli(env.config, "status").exit_code == 0
     assert snapshot(env.state_path.parent) == before
+    # Raw sqlite3: the schema version of the file itself, which a preview must leave alone.
     with sqlite3.connect(env.state_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()

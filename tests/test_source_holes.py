@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Env
-from tests.helpers import QUERY, run_cli
+from tests.helpers import QUERY, read_state, run_cli
 
 
 def message_keys(env: Env) -> Counter[str]:
@@ -26,10 +26,8 @@ def message_keys(env: Env) -> Counter[str]:
 
 def state_rows(env: Env) -> dict[str, tuple[str, str]]:
     """notification_id -> (status, reason)."""
-    with sqlite3.connect(env.state_path) as conn:
-        return {
-            r[0]: (r[1], r[2] or "") for r in conn.execute("SELECT notification_id, status, reason FROM notifications")
-        }
+    with read_state(env.state_path) as store:
+        return {n.notification_id: (n.status, n.reason or "") for n in store.notifications()}
 
 
 def error_lines(output: str) -> list[str]:
@@ -147,8 +145,8 @@ def test_a_descending_query_stops_with_one_line_and_loses_nothing(env: Env, app_
     (line,) = error_lines(result.output)
     assert "not ordered by notification_id ascending" in line and "ORDER BY" in line
     assert env.accepted() == []
-    with sqlite3.connect(env.state_path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'source.watermark'").fetchone() is None
+    with read_state(env.state_path) as store:
+        assert store.get_meta("source.watermark") is None
     # Fixed, every row goes out exactly once.
     env.write(source={"query": QUERY, "batch_limit": 50000})
     fixed = run_cli(env.config, "run-all")
@@ -166,8 +164,8 @@ def test_a_query_ordered_by_another_column_stops_in_later_pages_too(env: Env, ap
     assert result.exit_code == 78, result.output
     (line,) = error_lines(result.output)
     assert "not ordered by notification_id ascending" in line
-    with sqlite3.connect(env.state_path) as conn:
-        (watermark,) = conn.execute("SELECT value FROM meta WHERE key = 'source.watermark'").fetchone()
+    with read_state(env.state_path) as store:
+        watermark = store.get_meta("source.watermark")
     assert int(watermark) <= 1000  # only the first page, read whole and in order, was passed
     env.write(source={"query": QUERY})
     fixed = run_cli(env.config, "run-all")
@@ -384,7 +382,7 @@ def test_a_state_file_overwritten_in_place_is_noticed_and_left_intact(tmp_path: 
     with pytest.raises(StateFileLost, match="was overwritten with other content"), store.transaction():
         store.set_meta("source.watermark", 5)
     store.close()
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(path)  # raw: the bytes now in the file, which no store of ours may have touched
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT value FROM meta WHERE key = 'source.watermark'").fetchone()[0] == "1039"
     conn.close()

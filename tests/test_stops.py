@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import pytest
 
 from mcnotify.state import StateStore
 from tests.conftest import Env
-from tests.helpers import event_rows, people, run_cli
+from tests.helpers import event_rows, people, read_state, run_cli, statuses
 
 STOP_WITHIN = 5.0  # seconds from the signal to the exit: the stop grace (2 s) plus start-up slack
 
@@ -99,19 +98,14 @@ def error_line(err: str) -> str:
 
 
 def last_run(env: Env) -> tuple[str, int | None, str | None]:
-    with sqlite3.connect(env.state_path) as conn:
-        row = conn.execute("SELECT command, exit_code, error FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-    return row[0], row[1], row[2]
-
-
-def statuses(env: Env) -> Counter[str]:
-    with sqlite3.connect(env.state_path) as conn:
-        return Counter(r[0] for r in conn.execute("SELECT status FROM notifications WHERE channel = 'email'"))
+    with read_state(env.state_path) as store:
+        (run,) = store.runs(limit=1)
+    return run["command"], run["exit_code"], run["error"]
 
 
 def batch_status(env: Env) -> str:
-    with sqlite3.connect(env.state_path) as conn:
-        return str(conn.execute("SELECT status FROM batches ORDER BY id DESC LIMIT 1").fetchone()[0])
+    with read_state(env.state_path) as store:
+        return store.batches(limit=1)[0].status
 
 
 def delivered_once(env: Env, count: int) -> None:
@@ -243,7 +237,7 @@ def test_sigterm_while_a_transactional_send_hangs(env: Env, app_db: Any) -> None
     env.write(email={"batch_size": 5, "concurrency": 2}, marketing_cloud={"timeout": 30.0})
     rc, err, seconds = stop_run(env, _slow_sends(env, 30.0))
     assert_stopped(rc, err, seconds, env)
-    assert statuses(env)["pending"] == 40  # nothing recorded as sent that was not; keys make a resend safe
+    assert statuses(env, "email")["pending"] == 40  # nothing recorded as sent that was not; keys make a resend safe
     env.sandbox.account.faults.clear()
     assert run_cli(env.config, "run-all").exit_code == 0
     delivered_once(env, 60)
@@ -263,11 +257,11 @@ def test_sigterm_records_a_hung_triggered_send_as_unknown(env: Env, app_db: Any)
     env.write(email={"api": "triggered-send", "concurrency": 2}, marketing_cloud={"timeout": 30.0})
     rc, err, seconds = stop_run(env, _slow_sends(env, 30.0, path=TRIGGERED))
     assert_stopped(rc, err, seconds, env)
-    counts = statuses(env)
+    counts = statuses(env, "email")
     # Only the requests MC had been handed are unknown; the rest go out next run.
     assert 1 <= counts["unknown"] <= 2 and counts["pending"] == 20 - counts["unknown"], counts
-    with sqlite3.connect(env.state_path) as conn:
-        reasons = {r[0] for r in conn.execute("SELECT reason FROM notifications WHERE status = 'unknown'")}
+    with read_state(env.state_path) as store:
+        reasons = {n.reason or "" for n in store.notifications(status="unknown")}
     assert all("stop request" in r for r in reasons), reasons
 
 
@@ -276,7 +270,7 @@ def test_sigterm_records_a_slow_triggered_send_that_answers_within_the_grace(env
     env.write(email={"api": "triggered-send", "concurrency": 1}, marketing_cloud={"timeout": 30.0})
     rc, err, seconds = stop_run(env, _slow_sends(env, 1.0, times=1, path=TRIGGERED))
     assert_stopped(rc, err, seconds, env)
-    counts = statuses(env)
+    counts = statuses(env, "email")
     assert counts["sent"] >= 1 and counts["unknown"] == 0, counts  # its true outcome, not "unknown"
     emails = [m for m in env.accepted() if m["channel"] == "email"]
     assert len(emails) == counts["sent"]  # what MC accepted is what the state says was sent
@@ -291,8 +285,8 @@ def test_ctrl_c_finishes_the_requests_in_flight_and_stops_with_130(env: Env, app
     env.write(email={"batch_size": 5, "concurrency": 2})
     rc, err, seconds = stop_run(env, lambda: any(m["channel"] == "email" for m in env.accepted()), signal.SIGINT)
     assert_stopped(rc, err, seconds, env, code=130)
-    with sqlite3.connect(env.state_path) as conn:
-        sent = {r[0] for r in conn.execute("SELECT message_key FROM notifications WHERE status = 'sent'")}
+    with read_state(env.state_path) as store:
+        sent = {n.message_key for n in store.notifications(status="sent")}
     assert {m["messageKey"] for m in env.accepted()} == sent and 0 < len(sent) < 900
     env.sandbox.settings.latency = 0
     assert run_cli(env.config, "run-all").exit_code == 0

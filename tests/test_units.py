@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 
 from mcnotify.errors import ConfigError, McApiError, McnotifyError, ServiceUnavailable, TransientMcError
 from mcnotify.mc import rest, soap
-from mcnotify.mc.auth import TokenCache, TokenProvider
+from mcnotify.mc.auth import TokenProvider
 from mcnotify.mc.client import McClient
 from mcnotify.sandbox import Sandbox
 from mcnotify.sandbox.model import SandboxSettings
 from mcnotify.state import StateStore
+from mcnotify.state.tokens import SqliteTokenCache
 from mcnotify.steps.classify import message_key
 from mcnotify.steps.sync import write_csv
 from tests.helpers import run_cli
@@ -71,7 +72,7 @@ def client_for(box: Sandbox, tmp_path: Path, **over: Any) -> McClient:
     }
     store = StateStore(tmp_path / "state.db")
     store.close()
-    return McClient(section, TokenProvider(section, TokenCache(tmp_path / "state.db")))
+    return McClient(section, TokenProvider(section, SqliteTokenCache(tmp_path / "state.db")))
 
 
 def test_partial_failure_inside_a_202_is_read_per_recipient(box: Sandbox, tmp_path: Path) -> None:
@@ -182,6 +183,7 @@ def test_state_file_and_folder_are_private(tmp_path: Path) -> None:
 
 def test_state_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.db")
+    # Raw SQL on purpose: a file stamped by a newer release.
     store.conn.execute("PRAGMA user_version = 99")
     store.close()
     with pytest.raises(McnotifyError, match="newer mcnotify"):

@@ -1,4 +1,4 @@
-"""OAuth2 client-credentials token, shared by threads and reused across runs via the state file.
+"""OAuth2 client-credentials token, shared by threads and reused across runs via the state's token cache.
 
 MC asks for at most one token per ~20 minutes; we refresh only shortly before `expires_in` runs out, when MC
 answers 401 for the very token we hold, or when the credentials it was issued for changed.
@@ -10,12 +10,9 @@ import hashlib
 import hmac
 import json
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
@@ -24,8 +21,8 @@ from mcnotify import retrying, stop
 from mcnotify.config import hide_userinfo, parse_http_url
 from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
 from mcnotify.mc import wire
-from mcnotify.state.perms import tighten
-from mcnotify.state.store import Token
+from mcnotify.state.interface import TokenCache
+from mcnotify.state.tokens import Token
 
 log = logging.getLogger(__name__)
 
@@ -52,68 +49,6 @@ def issued_for(section: Mapping[str, Any]) -> str:
         ]
     )
     return hmac.new(str(section["client_secret"]).encode(), what.encode(), hashlib.sha256).hexdigest()
-
-
-class TokenCache:
-    """The token row of the state file, through a connection of its own so any thread may use it.
-
-    It never creates the state file (StateStore does, private): a file that is gone means no cache."""
-
-    def __init__(self, state_path: Path | None) -> None:
-        self._path = state_path
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection | None]:
-        if self._path is None:
-            yield None
-            return
-        tighten(self._path)
-        # mode=rw: a plain connect would recreate a deleted state file with the umask's mode (0644).
-        uri = self._path.absolute().as_uri() + "?mode=rw"
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=30)
-        except sqlite3.OperationalError:
-            if self._path.exists():
-                raise
-            log.warning("state file %s is gone: the MC token is not cached", self._path)
-            yield None
-            return
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def load(self, issued_for: str) -> Token | None:
-        """The cached token, if it was issued for these credentials (`issued_for`)."""
-        with self._connect() as conn:
-            if conn is None:
-                return None
-            row = conn.execute(
-                "SELECT access_token, rest_url, soap_url, obtained_at, expires_at, issued_for FROM token WHERE id = 1"
-            ).fetchone()
-        if row is None or not hmac.compare_digest(str(row[5] or ""), issued_for):
-            return None
-        return Token(*row[:5])
-
-    def save(self, token: Token | None, issued_for: str = "") -> None:
-        with self._connect() as conn:
-            if conn is None:
-                return
-            with conn:
-                conn.execute("DELETE FROM token")
-                if token is not None:
-                    conn.execute(
-                        "INSERT INTO token (id, access_token, rest_url, soap_url, obtained_at, expires_at, issued_for)"
-                        " VALUES (1, ?, ?, ?, ?, ?, ?)",
-                        (
-                            token.access_token,
-                            token.rest_url,
-                            token.soap_url,
-                            token.obtained_at,
-                            token.expires_at,
-                            issued_for,
-                        ),
-                    )
 
 
 class TokenProvider:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
-import operator
 import os
 import secrets
 import shutil
@@ -15,110 +13,67 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from mcnotify.errors import ConfigError, LockHeld, McnotifyError
-from mcnotify.state.schema import MIGRATIONS
-
-# An outcome, not a state: MC refused the send because it does not hold the subscriber with that email; the
-# notification goes back to pending, into the next subscriber file.
-REQUEUE = "requeue"
-# Delivery states. 'sending' is written before a request whose outcome a crash could hide.
-PENDING, SENDING, SENT, FAILED, INVALID, UNKNOWN = (
-    "pending",
-    "sending",
-    "sent",
-    "failed",
-    "invalid",
-    "unknown",
+from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
+from mcnotify.state.interface import (
+    REQUEUE,
+    Batch,
+    NewNotification,
+    Notification,
+    NotificationRecord,
+    Outcome,
+    Store,
 )
+from mcnotify.state.schema import MIGRATIONS
+from mcnotify.state.states import (
+    NOT_YET_IMPORTED,
+    OPEN,
+    UNSENDABLE,
+    BatchStatus,
+    Delivery,
+    StepStatus,
+    sql_list,
+)
+from mcnotify.state.tokens import NoTokenCache, SqliteTokenCache, Token
 
+# The delivery states under the names the steps import.
+PENDING, SENDING, SENT, FAILED, INVALID, UNKNOWN = (
+    Delivery.PENDING,
+    Delivery.SENDING,
+    Delivery.SENT,
+    Delivery.FAILED,
+    Delivery.INVALID,
+    Delivery.UNKNOWN,
+)
+# SQL fragments of the states (enum values, never outside input).
+_OPEN = sql_list(OPEN)
+_UNSENDABLE = sql_list(UNSENDABLE)
+_NOT_YET_IMPORTED = sql_list(NOT_YET_IMPORTED)
+_NOT_SENT = sql_list((Delivery.FAILED, Delivery.UNKNOWN))  # what `show` lists as a batch's errors
+# message_keys' rule in SQLite's GLOB syntax: a stored key MC would refuse.
+_INVALID_MESSAGE_KEY = f"(length(message_key) NOT BETWEEN 1 AND {MAX_LENGTH} OR message_key GLOB '*[^{SAFE_CHARS}]*')"
 
-@dataclass(frozen=True)
-class Batch:
-    id: int
-    created_at: float
-    status: str
-    rows: int
-    invalid: int
-    conflicts: int
-    csv_rows: int | None
-    remote_path: str | None
-    uploaded_at: float | None
-    import_task_id: str | None
-    import_status: str | None
-    import_total: int | None
-    import_ok: int | None
-    import_errors: int | None
-    import_duplicates: int | None
-    import_done_at: float | None
-
-
-@dataclass(frozen=True)
-class Notification:
-    seq: int
-    notification_id: str
-    batch_id: int
-    template: str
-    channel: str | None
-    subscriber_key: str | None
-    address: str | None
-    attributes: dict[str, Any]
-    from_name: str | None
-    status: str
-    message_key: str | None
-
-
-@dataclass(frozen=True)
-class Token:
-    access_token: str
-    rest_url: str
-    soap_url: str
-    obtained_at: float
-    expires_at: float
-
-
-@dataclass(slots=True)  # not frozen: a million of these are built in a sync, and frozen init is slow
-class NewNotification:
-    notification_id: str
-    template: str
-    channel: str | None
-    subscriber_key: str | None
-    address: str | None
-    raw_contact: str | None
-    attributes: str  # JSON object, encoded where the row was read (maybe the worker process)
-    from_name: str | None
-    status: str  # pending or invalid
-    reason: str | None
-    message_key: str | None
-    cursor: Any = None  # the source's cursor value for this row (not stored)
-    event_at: float | None = None  # the source's created_at as a Unix time, when the query returns one
-
-    # How a row crosses the pipe from sync's reading process: plain tuples pickle several times faster.
-    def to_tuple(self) -> tuple[Any, ...]:
-        return _NEW_NOTIFICATION_FIELDS(self)
-
-    @classmethod
-    def from_tuple(cls, values: tuple[Any, ...]) -> NewNotification:
-        return cls(*values)
-
-
-_NEW_NOTIFICATION_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(NewNotification)))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one send attempt decided for one notification."""
-
-    seq: int
-    status: str  # a notification status, or REQUEUE
-    error_code: str | None = None
-    reason: str | None = None
-    # (subscriber key, email): MC holds it (an accepted triggered send), or, with REQUEUE, does not
-    contact: tuple[str, str] | None = None
+__all__ = [
+    "FAILED",
+    "INVALID",
+    "PENDING",
+    "REQUEUE",
+    "SENDING",
+    "SENT",
+    "UNKNOWN",
+    "Batch",
+    "NewNotification",
+    "Notification",
+    "NotificationRecord",
+    "Outcome",
+    "StateFileLost",
+    "StateStore",
+    "Token",
+]
 
 
 class StateFileLost(McnotifyError):
@@ -226,11 +181,11 @@ class StateStore:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[None]:
         self.check_identity()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
+            yield
             self.check_identity()  # gone while we wrote: what we would commit would be lost
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -284,6 +239,11 @@ class StateStore:
         while self._held_fds:
             os.close(self._held_fds.pop())
 
+    def probe_write(self) -> None:
+        """Raise unless this process can take the state's write lock (doctor); writes nothing."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("ROLLBACK")
+
     # -- meta ---------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -313,7 +273,9 @@ class StateStore:
         return [Batch(**dict(r)) for r in self.conn.execute(sql, args)]
 
     def create_batch(self) -> int:
-        cur = self.conn.execute("INSERT INTO batches (created_at, status) VALUES (?, 'claiming')", (time.time(),))
+        cur = self.conn.execute(
+            "INSERT INTO batches (created_at, status) VALUES (?, ?)", (time.time(), BatchStatus.CLAIMING)
+        )
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -321,13 +283,19 @@ class StateStore:
         cols = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE batches SET {cols} WHERE id = ?", (*fields.values(), batch_id))
 
+    def add_claimed_counts(self, batch_id: int, rows: int, invalid: int) -> None:
+        """Rows (and how many of them invalid) just claimed into the batch."""
+        self.conn.execute(
+            "UPDATE batches SET rows = rows + ?, invalid = invalid + ? WHERE id = ?", (rows, invalid, batch_id)
+        )
+
     # -- steps --------------------------------------------------------------------------------------------
     def step_started(self, batch_id: int, step: str) -> None:
         self.conn.execute(
-            "INSERT INTO steps (batch_id, step, status, started_at) VALUES (?, ?, 'running', ?) "
-            "ON CONFLICT (batch_id, step) DO UPDATE SET status = 'running', "
+            "INSERT INTO steps (batch_id, step, status, started_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (batch_id, step) DO UPDATE SET status = excluded.status, "
             "started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = NULL",
-            (batch_id, step, time.time()),
+            (batch_id, step, StepStatus.RUNNING, time.time()),
         )
 
     def step_finished(self, batch_id: int, step: str, status: str, detail: str | None = None) -> None:
@@ -344,7 +312,12 @@ class StateStore:
         batch was skipped. Only the lock holder calls this, so no other process is running a step."""
         now = time.time()
         where, args = (
-            ("status = 'running'", []) if batch_id is None else ("status = 'running' AND batch_id = ?", [batch_id])
+            ("status = ?", [StepStatus.RUNNING])
+            if batch_id is None
+            else (
+                "status = ? AND batch_id = ?",
+                [StepStatus.RUNNING, batch_id],
+            )
         )
         cur = self.conn.execute(
             f"UPDATE steps SET status = ?, finished_at = ?, detail = ? WHERE {where}", (status, now, detail, *args)
@@ -391,7 +364,7 @@ class StateStore:
             ],
         )
 
-    _SENDABLE_EMAIL = "batch_id = ? AND channel = 'email' AND status NOT IN ('invalid', 'expired')"
+    _SENDABLE_EMAIL = f"batch_id = ? AND channel = 'email' AND status NOT IN {_UNSENDABLE}"
 
     def resolve_email_conflicts(self, batch_id: int) -> list[str]:
         """MC keeps one email per subscriber key, and the newest one wins: within the batch (one subscriber file),
@@ -408,8 +381,8 @@ class StateStore:
             chunk = keys[start : start + 500]
             self.conn.execute(
                 "UPDATE notifications SET address = (SELECT newest.address FROM notifications AS newest"
-                f"  WHERE newest.batch_id = notifications.batch_id AND newest.channel = 'email'"
-                "   AND newest.status NOT IN ('invalid', 'expired')"
+                "  WHERE newest.batch_id = notifications.batch_id AND newest.channel = 'email'"
+                f"   AND newest.status NOT IN {_UNSENDABLE}"
                 "   AND newest.subscriber_key = notifications.subscriber_key"
                 "  ORDER BY newest.seq DESC LIMIT 1)"
                 f" WHERE {self._SENDABLE_EMAIL} AND subscriber_key IN ({','.join('?' * len(chunk))})",
@@ -429,10 +402,10 @@ class StateStore:
             r[0]
             for r in self.conn.execute(
                 "SELECT DISTINCT older.subscriber_key FROM notifications AS older INDEXED BY notifications_pending"
-                " WHERE older.status = 'pending' AND older.channel = 'email' AND older.batch_id < ?"
+                f" WHERE older.status = '{Delivery.PENDING}' AND older.channel = 'email' AND older.batch_id < ?"
                 " AND EXISTS (SELECT 1 FROM notifications AS newer WHERE newer.batch_id = ?"
                 "  AND newer.channel = 'email' AND newer.subscriber_key = older.subscriber_key"
-                "  AND newer.status NOT IN ('invalid', 'expired') AND newer.address != older.address)",
+                f"  AND newer.status NOT IN {_UNSENDABLE} AND newer.address != older.address)",
                 (batch_id, batch_id),
             )
         ]
@@ -441,10 +414,10 @@ class StateStore:
             self.conn.execute(
                 "UPDATE notifications SET batch_id = ?, updated_at = ?, address = (SELECT newer.address"
                 "  FROM notifications AS newer WHERE newer.batch_id = ? AND newer.channel = 'email'"
-                "   AND newer.status NOT IN ('invalid', 'expired')"
+                f"   AND newer.status NOT IN {_UNSENDABLE}"
                 "   AND newer.subscriber_key = notifications.subscriber_key"
                 "  ORDER BY newer.seq DESC LIMIT 1)"
-                " WHERE batch_id < ? AND channel = 'email' AND status = 'pending'"
+                f" WHERE batch_id < ? AND channel = 'email' AND status = '{Delivery.PENDING}'"
                 f" AND subscriber_key IN ({','.join('?' * len(chunk))})",
                 (batch_id, time.time(), batch_id, batch_id, *chunk),
             )
@@ -488,30 +461,28 @@ class StateStore:
         """MC said it does not hold these (a refused send): the next subscriber file carries them again."""
         self.conn.executemany("DELETE FROM contacts WHERE subscriber_key = ?", [(k,) for k in subscriber_keys])
 
-    def contact(self, subscriber_key: str) -> str | None:
-        row = self.conn.execute("SELECT email FROM contacts WHERE subscriber_key = ?", (subscriber_key,)).fetchone()
-        return None if row is None else str(row[0])
-
     def requeue_for_import(self, seqs: Sequence[int], reason: str, limit: int = 3) -> tuple[int, int]:
         """Emails MC refused because it does not hold their subscriber with that address: back to pending in the
         open batch (claimed, not yet uploaded; a new one if none), so the next subscriber file carries them and
         they are sent after its import. One refused `limit` times already is failed with `reason` instead (an
         address MC's import keeps rejecting). Returns (requeued, failed)."""
         failed = self.conn.executemany(
-            "UPDATE notifications SET status = 'failed', reason = ?, updated_at = ? WHERE seq = ? AND requeued >= ?",
+            f"UPDATE notifications SET status = '{Delivery.FAILED}', reason = ?, updated_at = ?"
+            " WHERE seq = ? AND requeued >= ?",
             [(f"{reason} (after {limit} imports)", time.time(), s, limit) for s in seqs],
         ).rowcount
         row = self.conn.execute(
-            "SELECT id FROM batches WHERE status IN ('claiming', 'claimed') ORDER BY id DESC LIMIT 1"
+            "SELECT id FROM batches WHERE status IN (?, ?) ORDER BY id DESC LIMIT 1",
+            (BatchStatus.CLAIMING, BatchStatus.CLAIMED),
         ).fetchone()
         if row is not None:
             batch_id = int(row[0])
         else:
             batch_id = self.create_batch()
-            self.update_batch(batch_id, status="claimed")
+            self.update_batch(batch_id, status=BatchStatus.CLAIMED)
         requeued = self.conn.executemany(
-            "UPDATE notifications SET batch_id = ?, status = 'pending', requeued = requeued + 1, updated_at = ?"
-            " WHERE seq = ? AND status != 'failed'",
+            f"UPDATE notifications SET batch_id = ?, status = '{Delivery.PENDING}', requeued = requeued + 1,"
+            f" updated_at = ? WHERE seq = ? AND status != '{Delivery.FAILED}'",
             [(batch_id, time.time(), s) for s in seqs],
         ).rowcount
         return max(requeued, 0), max(failed, 0)
@@ -553,7 +524,7 @@ class StateStore:
             r[0]
             for r in self.conn.execute(
                 "SELECT DISTINCT template FROM notifications WHERE batch_id = ? AND channel = ?"
-                f" AND status IN ('pending', 'sending'){known}",
+                f" AND status IN {_OPEN}{known}",
                 (batch_id, channel),
             )
         ]
@@ -564,10 +535,10 @@ class StateStore:
         way to MC (a later batch not yet imported) moves into that batch, to be sent after its import."""
         newest = (
             "SELECT newer.{col} FROM notifications AS newer WHERE newer.subscriber_key = notifications.subscriber_key"
-            " AND newer.channel = 'email' AND newer.status NOT IN ('invalid', 'expired')"
+            f" AND newer.channel = 'email' AND newer.status NOT IN {_UNSENDABLE}"
             " AND newer.batch_id > notifications.batch_id ORDER BY newer.seq DESC LIMIT 1"
         )
-        mine = "batch_id = ? AND channel = 'email' AND status = 'pending'"
+        mine = f"batch_id = ? AND channel = 'email' AND status = '{Delivery.PENDING}'"
         cur = self.conn.execute(
             f"UPDATE notifications SET address = ({newest.format(col='address')}), updated_at = ?"
             f" WHERE {mine} AND EXISTS ({newest.format(col='address')})"
@@ -578,20 +549,20 @@ class StateStore:
         self.conn.execute(
             f"UPDATE notifications SET batch_id = ({newest.format(col='batch_id')})"
             f" WHERE {mine} AND ({newest.format(col='batch_id')}) IN"
-            " (SELECT id FROM batches WHERE status IN ('claiming', 'claimed', 'uploaded', 'importing'))",
+            f" (SELECT id FROM batches WHERE status IN {_NOT_YET_IMPORTED})",
             (batch_id,),
         )
         return changed
 
     def open_by_template(self, batch_id: int | None = None) -> dict[tuple[str, str], int]:
         """{(template, channel): n} of notifications still to send, in one batch or all."""
-        sql = "SELECT template, channel, COUNT(*) FROM notifications WHERE status IN ('pending', 'sending')"
+        sql = f"SELECT template, channel, COUNT(*) FROM notifications WHERE status IN {_OPEN}"
         args: tuple[Any, ...] = ()
         if batch_id is not None:
             sql += " AND batch_id = ?"
             args = (batch_id,)
         else:  # only batches with work left: a done batch has none, and there may be millions of its rows
-            sql += " AND batch_id IN (SELECT id FROM batches WHERE status != 'done')"
+            sql += f" AND batch_id IN (SELECT id FROM batches WHERE status != '{BatchStatus.DONE}')"
         return {(r[0], r[1]): r[2] for r in self.conn.execute(sql + " GROUP BY template, channel", args)}
 
     def mark(self, seqs: Sequence[int], status: str) -> None:
@@ -604,7 +575,8 @@ class StateStore:
     def release(self, seqs: Iterable[int]) -> int:
         """Rows marked 'sending' whose request never left this process go back to 'pending'."""
         cur = self.conn.executemany(
-            "UPDATE notifications SET status = 'pending', attempts = attempts - 1 WHERE seq = ? AND status = 'sending'",
+            f"UPDATE notifications SET status = '{Delivery.PENDING}', attempts = attempts - 1"
+            f" WHERE seq = ? AND status = '{Delivery.SENDING}'",
             [(s,) for s in seqs],
         )
         return max(cur.rowcount, 0)
@@ -615,7 +587,7 @@ class StateStore:
             str(r[0]): r[1]
             for r in self.conn.execute(
                 "SELECT COALESCE(reason, 'no reason recorded'), COUNT(*) FROM notifications"
-                " WHERE status = 'unknown' GROUP BY 1 ORDER BY 2 DESC"
+                f" WHERE status = '{Delivery.UNKNOWN}' GROUP BY 1 ORDER BY 2 DESC"
             )
         }
 
@@ -623,7 +595,7 @@ class StateStore:
         now = time.time()
         self.conn.executemany(
             "UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?,"
-            " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE seq = ?",
+            f" sent_at = CASE WHEN ? = '{Delivery.SENT}' THEN ? ELSE sent_at END WHERE seq = ?",
             [(o.status, o.error_code, o.reason, now, o.status, now, o.seq) for o in outcomes],
         )
 
@@ -668,15 +640,15 @@ class StateStore:
     def oldest_pending_event(self) -> float | None:
         """The event time of the oldest notification still to send (its age is how late the pipeline runs)."""
         row = self.conn.execute(
-            "SELECT MIN(event_at) FROM notifications WHERE status IN ('pending', 'sending')"
-            " AND batch_id IN (SELECT id FROM batches WHERE status != 'done')"
+            f"SELECT MIN(event_at) FROM notifications WHERE status IN {_OPEN}"
+            f" AND batch_id IN (SELECT id FROM batches WHERE status != '{BatchStatus.DONE}')"
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def fail_channel(self, batch_id: int, channel: str, reason: str) -> int:
         cur = self.conn.execute(
-            "UPDATE notifications SET status = 'failed', reason = ?, updated_at = ?"
-            " WHERE batch_id = ? AND channel = ? AND status IN ('pending', 'sending')",
+            f"UPDATE notifications SET status = '{Delivery.FAILED}', reason = ?, updated_at = ?"
+            f" WHERE batch_id = ? AND channel = ? AND status IN {_OPEN}",
             (reason, time.time(), batch_id, channel),
         )
         return cur.rowcount
@@ -692,7 +664,7 @@ class StateStore:
         return {(r[0], r[1]): r[2] for r in self.conn.execute(sql, args)}
 
     def open_work(self, batch_id: int, channel: str | None = None, known_only: bool = False) -> int:
-        sql = "SELECT COUNT(*) FROM notifications WHERE batch_id = ? AND status IN ('pending', 'sending')"
+        sql = f"SELECT COUNT(*) FROM notifications WHERE batch_id = ? AND status IN {_OPEN}"
         args: tuple[Any, ...] = (batch_id,)
         if channel is not None:
             sql += " AND channel = ?"
@@ -704,7 +676,7 @@ class StateStore:
     def invalid_rows(self, batch_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         sql = (
             "SELECT batch_id, notification_id, template, channel, subscriber_key, raw_contact, reason"
-            " FROM notifications WHERE status = 'invalid'"
+            f" FROM notifications WHERE status = '{Delivery.INVALID}'"
         )
         args: list[Any] = []
         if batch_id is not None:
@@ -714,32 +686,80 @@ class StateStore:
         args.append(limit)
         return [dict(r) for r in self.conn.execute(sql, args)]
 
+    def retry_failed(self, batch_id: int, channels: Sequence[str]) -> int:
+        """The batch's failed notifications of these channels back to pending, their error forgotten."""
+        cur = self.conn.execute(
+            f"UPDATE notifications SET status = '{Delivery.PENDING}', error_code = NULL, reason = NULL,"
+            f" updated_at = ? WHERE batch_id = ? AND status = '{Delivery.FAILED}'"
+            f" AND channel IN ({','.join('?' * len(channels))})",
+            (time.time(), batch_id, *channels),
+        )
+        return cur.rowcount
+
+    def skip_open(self, batch_id: int, reason: str) -> int:
+        """What the batch still has to send is skipped with `reason`; sent and unknown rows are left alone."""
+        cur = self.conn.execute(
+            f"UPDATE notifications SET status = '{Delivery.SKIPPED}', reason = ?, updated_at = ?"
+            f" WHERE batch_id = ? AND status IN {_OPEN}",
+            (reason, time.time(), batch_id),
+        )
+        return cur.rowcount
+
+    def bad_message_keys(self, channels: Sequence[str]) -> tuple[int, int | None]:
+        """(how many, first batch) of the notifications still to send on these channels whose stored messageKey
+        MC would refuse (see message_keys: keys are fixed at claim time)."""
+        row = self.conn.execute(
+            f"SELECT count(*), min(batch_id) FROM notifications WHERE status IN {_OPEN}"
+            f" AND channel IN ({','.join('?' * len(channels))}) AND message_key IS NOT NULL"
+            f" AND {_INVALID_MESSAGE_KEY}",
+            tuple(channels),
+        ).fetchone()
+        return int(row[0]), None if row[1] is None else int(row[1])
+
     def errors(self, batch_id: int, limit: int = 5) -> list[dict[str, Any]]:
         return [
             dict(r)
             for r in self.conn.execute(
                 "SELECT notification_id, channel, status, error_code, reason FROM notifications"
-                " WHERE batch_id = ? AND status IN ('failed', 'unknown') ORDER BY seq LIMIT ?",
+                f" WHERE batch_id = ? AND status IN {_NOT_SENT} ORDER BY seq LIMIT ?",
                 (batch_id, limit),
             )
         ]
 
+    # -- reads for views and tests -------------------------------------------------------------------------
+    def status_counts(self, channel: str | None = None) -> dict[str, int]:
+        """{status: n} over every notification (of one channel)."""
+        sql, args = "SELECT status, COUNT(*) FROM notifications", list[Any]()
+        if channel is not None:
+            sql += " WHERE channel = ?"
+            args.append(channel)
+        return {str(r[0]): int(r[1]) for r in self.conn.execute(sql + " GROUP BY status", args)}
+
+    def notifications(
+        self, batch_id: int | None = None, channel: str | None = None, status: str | None = None
+    ) -> list[NotificationRecord]:
+        """Every stored column of the notifications (of one batch, channel, status), in arrival order."""
+        sql, args = "SELECT * FROM notifications WHERE 1 = 1", list[Any]()
+        for column, value in (("batch_id", batch_id), ("channel", channel), ("status", status)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY seq", args):
+            d = dict(r)
+            d["attributes"] = json.loads(d["attributes"])
+            out.append(NotificationRecord(**d))
+        return out
+
+    def contacts(self) -> dict[str, str]:
+        """The contact ledger: {subscriber key: the email MC holds}."""
+        return {str(r[0]): str(r[1]) for r in self.conn.execute("SELECT subscriber_key, email FROM contacts")}
+
     # -- token --------------------------------------------------------------------------------------------
-    def token(self) -> Token | None:
-        row = self.conn.execute(
-            "SELECT access_token, rest_url, soap_url, obtained_at, expires_at FROM token WHERE id = 1"
-        ).fetchone()
-        return None if row is None else Token(**dict(row))
-
-    def save_token(self, token: Token) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO token (id, access_token, rest_url, soap_url, obtained_at, expires_at)"
-            " VALUES (1, ?, ?, ?, ?, ?)",
-            (token.access_token, token.rest_url, token.soap_url, token.obtained_at, token.expires_at),
-        )
-
-    def drop_token(self) -> None:
-        self.conn.execute("DELETE FROM token")
+    def token_cache(self) -> SqliteTokenCache | NoTokenCache:
+        """Where the MC token is kept between runs. A preview's state (read-only or in memory) keeps none: it
+        must not write, and its client never asks MC for a token anyway."""
+        return NoTokenCache() if self.read_only else SqliteTokenCache(self.path)
 
     # -- runs ---------------------------------------------------------------------------------------------
     def run_started(self, command: str) -> int:
@@ -849,3 +869,7 @@ class StateStore:
     def import_task_ids(self) -> set[str]:
         """Every import task a batch has recorded: none of them can be another batch's lost start."""
         return {r[0] for r in self.conn.execute("SELECT import_task_id FROM batches WHERE import_task_id IS NOT NULL")}
+
+
+if TYPE_CHECKING:
+    _: type[Store] = StateStore  # mypy checks that the SQLite store implements the whole interface

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcnotify.config import Settings, SftpSettings
 from mcnotify.errors import DryRunRefused
-from mcnotify.state import StateStore
+from mcnotify.state.interface import Store
 from mcnotify.stop import STOP, request_stop
 from mcnotify.stop import check as _check_stop
 
@@ -40,7 +40,7 @@ def _no_meter(task: str, done: int, total: int) -> None:
 @dataclass
 class Context:
     settings: Settings
-    store: StateStore
+    store: Store  # the SQLite StateStore, or any backend that implements the interface
     progress: Callable[..., None] = _log  # (line, **fields)
     meter: Callable[[str, int, int], None] = _no_meter  # (task, done, total; 0 = total unknown)
     sleep: Callable[[float], None] = _sleep
@@ -49,14 +49,14 @@ class Context:
 
     def mc(self) -> McClient:
         if self._client is None:
-            from mcnotify.mc.auth import TokenCache, TokenProvider  # requests is slow to import
+            from mcnotify.mc.auth import TokenProvider  # requests is slow to import
             from mcnotify.mc.client import McClient
 
             section = self.settings.section("marketing_cloud")
             if self.dry_run:
                 self._client = _refusing_client(section)
             else:
-                tokens = TokenProvider(section, TokenCache(None if self.store.memory else self.store.path))
+                tokens = TokenProvider(section, self.store.token_cache())
                 self._client = McClient(section, tokens, sleep=self.sleep)
         return self._client
 
@@ -82,8 +82,9 @@ class Context:
 
 def _refusing_client(section: Mapping[str, Any]) -> McClient:
     """An MC client for a dry run: any request (a token included) raises instead of reaching MC."""
-    from mcnotify.mc.auth import TokenCache, TokenProvider
+    from mcnotify.mc.auth import TokenProvider
     from mcnotify.mc.client import McClient
+    from mcnotify.state.tokens import NoTokenCache
 
     class RefusingClient(McClient):
         def call(self, method: str, path: str, **_: Any) -> Any:
@@ -93,4 +94,4 @@ def _refusing_client(section: Mapping[str, Any]) -> McClient:
         def get(self) -> Any:
             raise DryRunRefused("dry run: refusing to request a Marketing Cloud token")
 
-    return RefusingClient(section, RefusingTokens(section, TokenCache(None)))
+    return RefusingClient(section, RefusingTokens(section, NoTokenCache()))

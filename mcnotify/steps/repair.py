@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from mcnotify.errors import McnotifyError
@@ -25,12 +24,7 @@ def retry(ctx: Context, batch_id: int, channel: str | None = None) -> RepairRepo
         raise McnotifyError(f"no batch {batch_id}")
     channels = (channel,) if channel else ("email", "sms")
     with store.transaction():
-        cur = store.conn.execute(
-            "UPDATE notifications SET status = 'pending', error_code = NULL, reason = NULL, updated_at = ?"
-            f" WHERE batch_id = ? AND status = 'failed' AND channel IN ({','.join('?' * len(channels))})",
-            (time.time(), batch_id, *channels),
-        )
-        changed = cur.rowcount
+        changed = store.retry_failed(batch_id, channels)
         note = f"{changed} failed notification(s) back to pending"
         if readdressed := store.readdress_to_newest(batch_id):
             note += f"; {readdressed} email(s) now go to the subscriber's newest address"
@@ -51,12 +45,8 @@ def skip(ctx: Context, batch_id: int, reason: str) -> RepairReport:
     if not reason.strip():
         raise McnotifyError("skip needs a --reason")
     with store.transaction():
-        cur = store.conn.execute(
-            "UPDATE notifications SET status = 'skipped', reason = ?, updated_at = ?"
-            " WHERE batch_id = ? AND status IN ('pending', 'sending')",
-            (f"skipped by an operator: {reason}", time.time(), batch_id),
-        )
+        skipped = store.skip_open(batch_id, f"skipped by an operator: {reason}")
         store.update_batch(batch_id, status="done")
         store.end_running_steps("skipped", f"skipped by an operator: {reason}", batch_id=batch_id)
         store.step_finished(batch_id, "skip", "done", reason)
-    return RepairReport(batch_id, cur.rowcount, f"{cur.rowcount} notification(s) skipped; batch {batch_id} done")
+    return RepairReport(batch_id, skipped, f"{skipped} notification(s) skipped; batch {batch_id} done")

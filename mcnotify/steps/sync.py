@@ -168,10 +168,7 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
                     assert batch_id is not None
                     store.add_notifications(batch_id, fresh)
                     bad = sum(1 for n in fresh if n.status == INVALID)
-                    store.conn.execute(
-                        "UPDATE batches SET rows = rows + ?, invalid = invalid + ? WHERE id = ?",
-                        (len(fresh), bad, batch_id),
-                    )
+                    store.add_claimed_counts(batch_id, len(fresh), bad)
                     report.new_rows += len(fresh)
                     report.invalid += bad
                     report.expired += sum(1 for n in fresh if n.status == EXPIRED)
