@@ -99,7 +99,8 @@ def _counts(result: Any) -> dict[str, Any]:
     channel's sends); the follower's per channel."""
     if not dataclasses.is_dataclass(result) or isinstance(result, type):
         return {}
-    data = dataclasses.asdict(result)
+    # Shallow: asdict() would deep-copy every field, exceptions recorded in a report included.
+    data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
     counts: dict[str, Any] = {
         k: v for k, v in data.items() if isinstance(v, int | float | str) and not isinstance(v, bool)
     }

@@ -165,3 +165,134 @@ def test_a_held_lock_says_who_holds_it_as_a_notice(env: Env, app_db: Any) -> Non
     last = held.stderr.splitlines()[-1]
     assert last.startswith("<5>mcnotify: another run holds the lock"), held.stderr
     assert f"pid {follower.pid}" in last and "run-all" in last and "error" not in last
+
+
+# -- what an operator's first day found next ---------------------------------------------------------------------
+def test_an_sftp_outage_does_not_hold_back_the_sms(env: Env, app_db: Any) -> None:
+    env.write(sftp={"port": 1})  # nothing listens there
+    app_db(event_rows(1, people(3)))
+    result = run_cli(env.config, "run-all")
+    assert result.exit_code == 69, result.output
+    assert Counter(m["channel"] for m in env.accepted()) == {"sms": 3}
+    assert "sms_sent" in json.dumps(last_run(env)["counts"])  # what the run did is in history
+    env.write(sftp={"port": env.sshd.port})
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert statuses(env) == {"sent": 9}
+
+
+def test_the_follower_sends_sms_while_sftp_is_down(env: Env, app_db: Any) -> None:
+    env.write(sftp={"port": 1}, source={"poll_interval": 0.2})
+    app_db(event_rows(1, people(2)))
+    command = [sys.executable, "-m", "mcnotify", "-q", "--config", str(env.config), "run-all", "--follow"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while Counter(m["channel"] for m in env.accepted())["sms"] < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the SMS did not go"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert {m["channel"] for m in env.accepted()} == {"sms"}
+
+
+def test_an_email_outage_still_drains_the_sms_backlog(env: Env, app_db: Any) -> None:
+    env.write(source={"batch_limit": 6}, marketing_cloud={"max_attempts": 2, "backoff_max": 0.1})
+    env.sandbox.account.inject("503", times=100_000, path_prefix="/messaging/v1/email")
+    app_db(event_rows(1, people(10)))  # 30 rows: five claims of 6
+    assert run_cli(env.config, "run-all").exit_code == 69
+    assert Counter(m["channel"] for m in env.accepted()) == {"sms": 10}
+
+
+def test_send_units_started_together_wait_for_each_others_lock(env: Env, app_db: Any) -> None:
+    app_db(event_rows(1, people(30)))
+    assert run_cli(env.config, "sync").exit_code == 0
+    assert run_cli(env.config, "wait-import").exit_code == 0
+    env.sandbox.settings.latency = 0.02
+    waiting = {**os.environ, "MCNOTIFY_LOCK_WAIT": "60"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mcnotify", "-q", "--config", str(env.config), step],
+            env=waiting,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for step in ("send-email", "send-sms")
+    ]
+    codes = [(p.wait(60), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [c for c, _ in codes] == [0, 0], codes
+    assert statuses(env) == {"sent": 90}
+
+
+def test_the_same_refusal_with_other_counts_is_alerted_once(env: Env, app_db: Any) -> None:
+    env.values["templates"] = {**TEMPLATES, "envelope-sent": {**TEMPLATES["envelope-sent"], "definition_key": "typo"}}
+    with slack() as (alerts, port):
+        env.write(alerts={"slack_webhook": f"http://127.0.0.1:{port}/hook"})
+        for start, count in ((1, 1), (100, 2), (200, 3)):
+            app_db(event_rows(start, people(count, offset=start)))
+            assert run_cli(env.config, "run-all").exit_code == 65
+    assert len(alerts) == 1, alerts
+
+
+def test_a_config_that_does_not_load_is_still_alerted(env: Env) -> None:
+    with slack() as (alerts, port):
+        env.write(alerts={"slack_webhook": f"http://127.0.0.1:{port}/hook"})
+        env.config.write_text(env.config.read_text() + "\n[sftpx]\nhost = 'x'\n")
+        assert run_cli(env.config, "run-all").exit_code == 78
+        result = run_cli(env.config, "alert", "--unit", "mcnotify.service")
+    assert result.exit_code == 0, result.output
+    assert len(alerts) == 1 and "unknown section [sftpx]" in alerts[0], alerts
+
+
+def test_the_environment_wins_over_a_secret_file(env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = env.tmp / "mc_secret"
+    secret.write_text("a-wrong-secret-123\n")
+    secret.chmod(0o600)
+    good = env.values["marketing_cloud"].pop("client_secret")
+    env.write(marketing_cloud={"client_secret_file": str(secret)})
+    app_db(event_rows(1, people(1)))
+    assert run_cli(env.config, "run-all").exit_code == 78  # the file's (wrong) secret
+    monkeypatch.setenv("MCNOTIFY_MARKETING_CLOUD_CLIENT_SECRET", good)
+    assert run_cli(env.config, "run-all").exit_code == 0
+    assert statuses(env) == {"sent": 3}
+
+
+def test_a_config_with_bytes_that_are_not_utf8_is_a_config_error(env: Env) -> None:
+    env.config.write_bytes(env.config.read_bytes().replace(b"mcnotify-subscribers", b"mcnotify-\xff-subscribers", 1))
+    result = run_cli(env.config, "config", "check")
+    assert result.exit_code == 78 and "not UTF-8" in result.output, result.output
+
+
+def test_doctor_checks_the_metrics_folder_and_names_the_section(env: Env) -> None:
+    env.write(metrics={"textfile": str(env.tmp / "no-such-folder" / "mcnotify.prom")})
+    result = run_cli(env.config, "doctor")
+    assert result.exit_code == 1
+    assert "metrics" in result.output and "does not exist" in result.output and "[metrics] textfile" in result.output
+    assert run_cli(env.config, "config", "check").exit_code == 78
+
+
+def test_a_stopped_follower_leaves_no_step_interrupted(env: Env, app_db: Any) -> None:
+    env.sandbox.settings.import_lag = 600  # the import stays in flight
+    env.write(source={"poll_interval": 0.2})
+    app_db(event_rows(1, people(2)))
+    command = [sys.executable, "-m", "mcnotify", "-q", "--config", str(env.config), "run-all", "--follow"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while step_status(env, "wait-import") is None:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        app_db(event_rows(100, people(1, offset=50)))  # claimed while the import runs: its sync step stays open
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    shown = run_cli(env.config, "show", "2", "--json")
+    steps = json.loads(shown.output)["steps"] if shown.exit_code == 0 else {}
+    first = json.loads(run_cli(env.config, "show", "1", "--json").output)["steps"]
+    for name, step in {**first, **{f"2:{k}": v for k, v in steps.items()}}.items():
+        assert step["status"] not in ("running", "interrupted"), (name, step)
+    text = run_cli(env.config, "show", "1").output
+    again = run_cli(env.config, "show", "1").output
+    assert text == again  # nothing counts up
