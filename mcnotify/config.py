@@ -359,6 +359,12 @@ class Settings:
         """A section by name (generic code: `config check`, a channel's settings); typed for a literal name."""
         return self.values[name]
 
+    def channel(self, name: str) -> EmailSettings | SmsSettings:
+        """A sending channel's section (both have api, batch_size, concurrency, rate_limit, wait_for_import)."""
+        if name not in ("email", "sms"):
+            raise KeyError(name)
+        return self.email if name == "email" else self.sms
+
     # One typed attribute per section: a misspelt key is a mypy error, a value has its own type.
     @property
     def state(self) -> StateSettings:

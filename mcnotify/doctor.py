@@ -31,7 +31,7 @@ def _run(name: str, hint: str, fn: Callable[[], str]) -> Check:
 
 def _message_keys(ctx: Context) -> str:
     """Notifications waiting to be sent whose stored messageKey MC would refuse (keys are fixed at claim time)."""
-    channels = ["sms"] + (["email"] if ctx.settings.section("email")["api"] == "transactional" else [])
+    channels = ["sms"] + (["email"] if ctx.settings.email.api == "transactional" else [])
     bad, first = ctx.store.bad_message_keys(channels)
     if bad:
         raise McnotifyError(
@@ -54,7 +54,7 @@ def checks(ctx: Context) -> list[Check]:
     def source() -> str:
         from mcnotify.source import open_source
 
-        src = open_source(settings.section("source"))
+        src = open_source(settings.source)
         try:
             next(iter(src.rows(-1, 0)), None)
         finally:
@@ -66,7 +66,7 @@ def checks(ctx: Context) -> list[Check]:
     def sftp_login() -> str:
         from mcnotify.mc import sftp
 
-        return "host key verified, logged in, " + sftp.check_login(settings.section("sftp"))
+        return "host key verified, logged in, " + sftp.check_login(settings.sftp)
 
     results.append(_run("sftp", "check [sftp] host, credentials and known_hosts", sftp_login))
     if textfile := settings.metrics.textfile:
@@ -102,7 +102,7 @@ def checks(ctx: Context) -> list[Check]:
     if not token.ok:
         return results
     for template in settings.templates.values():
-        if template.channel == "email" and settings.section("email")["api"] == "triggered-send":
+        if template.channel == "email" and settings.email.api == "triggered-send":
             results.append(Check(f"template {template.name}", True, "triggered send definitions are not checked"))
             continue
         path = f"messaging/v1/{template.channel}/definitions/{quote(template.definition_key, safe='')}"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from urllib3.util.url import parse_url
 
 from mcnotify import doctor
-from mcnotify.config import parse
+from mcnotify.config import MarketingCloudSettings, parse
 from mcnotify.errors import ConfigError, McApiError
 from mcnotify.mc.auth import TokenProvider, issued_for
 from mcnotify.message_keys import MAX_PREFIX, key_problem
@@ -331,20 +331,22 @@ class FakeSession:
         )
 
 
-def mc_section(url: str, secret: str = "s3cret-value", **over: Any) -> dict[str, Any]:
-    return {
-        "auth_url": url,
-        "client_id": "sandbox-client",
-        "client_secret": secret,
-        "account_id": None,
-        "scope": None,
-        "timeout": 2.0,
-        "max_attempts": 2,
-        "backoff_max": 0.1,
-        "idle_close": 4.0,
-        "token_margin": 120.0,
-        **over,
-    }
+def mc_section(url: str, secret: str = "s3cret-value", **over: Any) -> MarketingCloudSettings:
+    return MarketingCloudSettings(
+        **{
+            "auth_url": url,
+            "client_id": "sandbox-client",
+            "client_secret": secret,
+            "account_id": None,
+            "scope": None,
+            "timeout": 2.0,
+            "max_attempts": 2,
+            "backoff_max": 0.1,
+            "idle_close": 4.0,
+            "token_margin": 120.0,
+            **over,
+        }
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcnotify.config import MarketingCloudSettings
 from mcnotify.errors import ConfigError, McApiError, McnotifyError, ServiceUnavailable, TransientMcError
 from mcnotify.mc import rest, soap
 from mcnotify.mc.auth import TokenProvider
@@ -57,7 +58,7 @@ def box(tmp_path: Path) -> Any:
 
 
 def client_for(box: Sandbox, tmp_path: Path, **over: Any) -> McClient:
-    section = {
+    values = {
         "auth_url": box.url,
         "client_id": "sandbox-client",
         "client_secret": "s3cret-value",
@@ -70,6 +71,7 @@ def client_for(box: Sandbox, tmp_path: Path, **over: Any) -> McClient:
         "token_margin": 120.0,
         **over,
     }
+    section = MarketingCloudSettings(**values)
     store = StateStore(tmp_path / "state.db")
     store.close()
     return McClient(section, TokenProvider(section, SqliteTokenCache(tmp_path / "state.db")))

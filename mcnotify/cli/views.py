@@ -40,14 +40,14 @@ def config_check(ctx: typer.Context, json_out: JsonOut = False) -> None:
     cli = application(ctx)
     out = cli.out
     settings = cli.settings()
-    if settings.section("sftp")["key_file"]:
+    if settings.sftp.key_file:
         from mcnotify.mc.sftp import load_key
 
-        cli.guard(lambda: load_key(settings.section("sftp")))  # a key that cannot be used is a config error
+        cli.guard(lambda: load_key(settings.sftp))  # a key that cannot be used is a config error
     if settings.metrics.textfile and not Path(settings.metrics.textfile).parent.is_dir():
         cli.fail(f"[metrics] textfile {settings.metrics.textfile}: its folder does not exist", EXIT_CONFIG)
     data = settings.redacted()
-    note = max_age_note(settings.section("source"))
+    note = max_age_note(settings.source)
     if json_out:
         out.print_json(json.dumps({**data, "notes": [note] if note else []}))
         return

@@ -12,13 +12,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import requests
 
 from mcnotify import retrying, stop
-from mcnotify.config import hide_userinfo, parse_http_url
+from mcnotify.config import MarketingCloudSettings, hide_userinfo, parse_http_url
 from mcnotify.errors import ConfigError, McApiError, ServiceUnavailable, TransientMcError
 from mcnotify.mc import wire
 from mcnotify.state.interface import TokenCache
@@ -36,25 +35,25 @@ def normalise_base_url(url: str) -> str:
     return parse_http_url(url).rstrip("/") + "/"
 
 
-def issued_for(section: Mapping[str, Any]) -> str:
+def issued_for(section: MarketingCloudSettings) -> str:
     """What a token is issued for: an HMAC keyed by the client secret over the auth URL, client id, business
     unit and scope. Any change means another token; the state file never holds the secret or a plain hash."""
     what = json.dumps(
         [
             "mcnotify-token-v1",
-            str(section["auth_url"]).strip().rstrip("/"),
-            section["client_id"],
+            str(section.auth_url).strip().rstrip("/"),
+            section.client_id,
             section.get("account_id") or "",
             section.get("scope") or "",
         ]
     )
-    return hmac.new(str(section["client_secret"]).encode(), what.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(str(section.client_secret).encode(), what.encode(), hashlib.sha256).hexdigest()
 
 
 class TokenProvider:
     def __init__(
         self,
-        section: Mapping[str, Any],
+        section: MarketingCloudSettings,
         cache: TokenCache,
         session_factory: Callable[[], requests.Session] | None = None,
         clock: Callable[[], float] = time.time,
@@ -72,7 +71,7 @@ class TokenProvider:
         if token is None:
             return False
         lifetime = token.expires_at - token.obtained_at
-        margin = min(float(self._section["token_margin"]), lifetime / 4)
+        margin = min(self._section.token_margin, lifetime / 4)
         return self._clock() < token.expires_at - margin
 
     def get(self) -> Token:
@@ -102,18 +101,18 @@ class TokenProvider:
     def _request(self) -> Token:
         s = self._section
         try:
-            url = normalise_base_url(s["auth_url"]) + "v2/token"
+            url = normalise_base_url(s.auth_url) + "v2/token"
         except ValueError as exc:
             raise ConfigError(f"[marketing_cloud] auth_url {exc}") from None
         body = {
             "grant_type": "client_credentials",
-            "client_id": s["client_id"],
-            "client_secret": s["client_secret"],
+            "client_id": s.client_id,
+            "client_secret": s.client_secret,
         }
-        if s["account_id"]:
-            body["account_id"] = s["account_id"]
-        if s["scope"]:
-            body["scope"] = s["scope"]
+        if s.account_id:
+            body["account_id"] = s.account_id
+        if s.scope:
+            body["scope"] = s.scope
         host = url.partition("://")[2].partition("/")[0]  # checked: no userinfo
         plain_http = url.startswith("http://")  # allowed only to loopback
 
@@ -126,9 +125,7 @@ class TokenProvider:
                         # No proxy from the environment: the secret would cross the network in plain text.
                         session.trust_env = False
                     # A stop request abandons it (Stopped): asking for a token again later is harmless.
-                    resp = wire.request(
-                        session, "POST", url, what="MC token request", json=body, timeout=float(s["timeout"])
-                    )
+                    resp = wire.request(session, "POST", url, what="MC token request", json=body, timeout=s.timeout)
             except requests.RequestException as exc:
                 raise TransientMcError(f"MC auth {host} unreachable: {type(exc).__name__}") from None
             if resp.status_code == 429 or resp.status_code >= 500:
@@ -139,13 +136,13 @@ class TokenProvider:
             resp = retrying.call(
                 post,
                 "MC token request",
-                int(s["max_attempts"]),
+                s.max_attempts,
                 TransientMcError,
                 logger=log,
-                max_wait=float(s["backoff_max"]),
+                max_wait=s.backoff_max,
             )
         except TransientMcError as exc:
-            raise ServiceUnavailable(f"{exc} after {s['max_attempts']} attempts") from None
+            raise ServiceUnavailable(f"{exc} after {s.max_attempts} attempts") from None
         try:
             data = resp.json()
             if not isinstance(data, dict):

@@ -25,6 +25,7 @@ import requests
 from tenacity import RetryCallState
 
 from mcnotify import retrying, stop
+from mcnotify.config import MarketingCloudSettings
 from mcnotify.errors import AuthExpired, ServiceUnavailable, TransientMcError
 from mcnotify.mc import wire
 from mcnotify.mc.auth import TokenProvider
@@ -64,7 +65,7 @@ def _never_sent(exc: requests.RequestException) -> bool:
 class McClient:
     def __init__(
         self,
-        section: Mapping[str, Any],
+        section: MarketingCloudSettings,
         tokens: TokenProvider,
         sleep: Callable[[float], None] = stop.sleep,
         on_throttle: Callable[[], None] | None = None,
@@ -83,7 +84,7 @@ class McClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         now = time.monotonic()
         last = getattr(self._local, "last_used", 0.0)
-        if session is not None and now - last >= float(self._section["idle_close"]):
+        if session is not None and now - last >= self._section.idle_close:
             session.close()
         if session is None:
             session = wire.new_session()
@@ -102,7 +103,7 @@ class McClient:
         self._local.session = None
 
     def _backoff(self, attempt: int, hint: float | None) -> float:
-        cap = float(self._section["backoff_max"])
+        cap = self._section.backoff_max
         if hint is not None:
             return min(hint, cap)
         return float(min(cap, 0.5 * 2**attempt) * (0.5 + random.random() / 2))
@@ -151,7 +152,7 @@ class McClient:
                     json=json,
                     data=data,
                     headers=headers,
-                    timeout=float(self._section["timeout"]),
+                    timeout=self._section.timeout,
                 )
             except stop.Abandoned as exc:
                 self._local.session = None  # its connection may still be in use by the abandoned helper thread
@@ -188,7 +189,7 @@ class McClient:
                 raise
             return Reply(resp.status_code, body, resp.headers)
 
-        attempts = int(self._section["max_attempts"])
+        attempts = self._section.max_attempts
 
         def counted(_: RetryCallState) -> None:
             self.retries += 1

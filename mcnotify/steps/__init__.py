@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcnotify.config import Settings, SftpSettings
+from mcnotify.config import MarketingCloudSettings, Settings, SftpSettings
 from mcnotify.errors import DryRunRefused
 from mcnotify.state.interface import Store
 from mcnotify.stop import STOP, request_stop
 from mcnotify.stop import check as _check_stop
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from pathlib import Path
 
     from mcnotify.mc.client import McClient
@@ -52,7 +51,7 @@ class Context:
             from mcnotify.mc.auth import TokenProvider  # requests is slow to import
             from mcnotify.mc.client import McClient
 
-            section = self.settings.section("marketing_cloud")
+            section = self.settings.marketing_cloud
             if self.dry_run:
                 self._client = _refusing_client(section)
             else:
@@ -80,7 +79,7 @@ class Context:
             self._client.close()
 
 
-def _refusing_client(section: Mapping[str, Any]) -> McClient:
+def _refusing_client(section: MarketingCloudSettings) -> McClient:
     """An MC client for a dry run: any request (a token included) raises instead of reaching MC."""
     from mcnotify.mc.auth import TokenProvider
     from mcnotify.mc.client import McClient

@@ -72,17 +72,17 @@ def _gate(ctx: Context, batch: Batch, channel: str) -> str | None:
     if batch.status not in CLAIMED:
         return None
     if channel == "sms":
-        waits = ctx.settings.section("sms")["wait_for_import"]
+        waits = ctx.settings.sms.wait_for_import
         return "all" if not waits or batch.status == "imported" else None
     if batch.status == "imported":
         return "all" if batch.import_status in EMAIL_READY or batch.import_status == "Error" else None
-    return {"new-contacts": "known", "never": "all"}.get(ctx.settings.section("email")["wait_for_import"])
+    return {"new-contacts": "known", "never": "all"}.get(ctx.settings.email.wait_for_import)
 
 
 def _attributes(ctx: Context, n: Notification) -> dict[str, str]:
     attrs = {k: "" if v is None else str(v) for k, v in n.attributes.items()}
     if n.channel == "email" and n.from_name is not None:
-        attrs[ctx.settings.section("email")["from_name_attribute"]] = n.from_name
+        attrs[ctx.settings.email.from_name_attribute] = n.from_name
     return attrs
 
 
@@ -240,10 +240,10 @@ def _run_pool(
 
 
 def _flow(ctx: Context, channel: str) -> tuple[Throttle, RateLimiter]:
-    section = ctx.settings.section(channel)
-    throttle = Throttle(int(section["concurrency"]))
+    section = ctx.settings.channel(channel)
+    throttle = Throttle(section.concurrency)
     ctx.mc().on_throttle = throttle.throttled
-    return throttle, RateLimiter(float(section["rate_limit"]), ctx.sleep)
+    return throttle, RateLimiter(section.rate_limit, ctx.sleep)
 
 
 def _send_transactional(
@@ -263,7 +263,7 @@ def _send_transactional(
 
         return call
 
-    size = int(ctx.settings.section(channel)["batch_size"])
+    size = ctx.settings.channel(channel).batch_size
     jobs = ((job(chunk), len(chunk)) for chunk in _chunks(ctx, batch_id, channel, size, known_only))
     _run_pool(ctx, report, jobs, *_flow(ctx, channel))
 
@@ -275,7 +275,7 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only:
     from mcnotify.mc import rest
     from mcnotify.mc.client import OutcomeUnknown
 
-    section = ctx.settings.section("email")
+    section = ctx.settings.email
     client = ctx.mc()
     rows = [n for chunk in _chunks(ctx, batch_id, "email", 1000, known_only) for n in chunk]
     # A 'sending' row survived a crash mid-request: MC may have sent it. Never send it again.
@@ -302,7 +302,7 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only:
                 raise stop.stopped("before the request was sent")
             left.add(n.seq)
             try:
-                reply = rest.post_triggered(client, key, recipient, n.from_name, section["from_address"])
+                reply = rest.post_triggered(client, key, recipient, n.from_name, section.from_address)
             except OutcomeUnknown as exc:
                 return [Outcome(n.seq, UNKNOWN, None, f"reply lost ({exc}); not resent to avoid a duplicate")]
             except McnotifyError:
@@ -410,7 +410,7 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             report.total = pending
             report.started_at = (report.sent + report.failed + report.unknown + report.requeued, time.monotonic())
             before = (report.sent, report.failed, report.unknown, report.requeued)
-            api = ctx.settings.section(channel)["api"]
+            api = ctx.settings.channel(channel)["api"]
             if api == "triggered-send":
                 _send_triggered(ctx, report, batch.id, known_only)
             else:

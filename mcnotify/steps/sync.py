@@ -61,7 +61,7 @@ def _start_after(ctx: Context) -> Any:
     watermark = ctx.store.get_meta(WATERMARK)
     if watermark is None:
         return 0
-    overlap = ctx.settings.section("source")["overlap"]
+    overlap = ctx.settings.source.overlap
     # Rows that commit late with a lower id are caught by re-reading below the watermark.
     if isinstance(watermark, int | float) and not isinstance(watermark, bool):
         return watermark - overlap
@@ -71,9 +71,9 @@ def _start_after(ctx: Context) -> Any:
 def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
     """All rows after the watermark, classified. The first page is read here; when it is full and more may
     follow, the rest is read and classified by a worker process on the other core (sync_worker)."""
-    src = ctx.settings.section("source")
-    limit, cursor_column = int(src["batch_limit"]), src["cursor_column"]
-    probe = limit if src["parallel_after"] == 0 else min(limit, int(src["parallel_after"]))
+    src = ctx.settings.source
+    limit, cursor_column = src.batch_limit, src.cursor_column
+    probe = limit if src.parallel_after == 0 else min(limit, src.parallel_after)
     after, read = _start_after(ctx), 0
     order = CursorOrder(cursor_column, cursor_kind(ctx.store.get_meta(WATERMARK)))
     watermark = ctx.store.get_meta(WATERMARK)
@@ -81,9 +81,7 @@ def _classified(ctx: Context, source: Source) -> Iterator[Chunk]:
         "sync: reading the source after %s %s (%s), at most %d rows, %s",
         cursor_column,
         shown_value(after),
-        "no watermark yet"
-        if watermark is None
-        else f"watermark {shown_value(watermark)} less overlap {src['overlap']}",
+        "no watermark yet" if watermark is None else f"watermark {shown_value(watermark)} less overlap {src.overlap}",
         limit,
         "in this process" if probe == limit else f"the first {probe} here, the rest in a worker process",
     )
@@ -104,7 +102,7 @@ def _warn_without_created_at(ctx: Context, rows: Iterator[dict[str, Any] | None]
     """Once per run: say so when source.max_age is on but the query returns no created_at to measure it on."""
     for row in rows:
         if row is not None:
-            if float(ctx.settings.section("source")["max_age"]) > 0 and CREATED_AT not in row:
+            if ctx.settings.source.max_age > 0 and CREATED_AT not in row:
                 log.warning(
                     "sync: the source query returns no %s column, so source.max_age cannot hold back old rows"
                     " (a fresh state file would send the whole source)",
@@ -131,7 +129,7 @@ def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[
 
     A real sync stores each chunk before asking for the next, so the state itself dedupes across chunks; a
     preview stores nothing and must `remember` the ids it has seen."""
-    wanted = int(ctx.settings.section("source")["batch_limit"])
+    wanted = ctx.settings.source.batch_limit
     seen_in_run: set[str] = set()
     for chunk, top, _ in _classified(ctx, source):
         known = ctx.store.known_ids([n.notification_id for n in chunk]) | seen_in_run
@@ -157,7 +155,7 @@ def _new_rows(ctx: Context, source: Source, remember: bool = False) -> Iterator[
 
 def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None:
     store = ctx.store
-    source = open_source(ctx.settings.section("source"))
+    source = open_source(ctx.settings.source)
     try:
         for fresh, top in _new_rows(ctx, source):
             with store.transaction():
@@ -209,7 +207,7 @@ def write_csv(rows: Iterable[tuple[str, str]], out: io.TextIOBase | Any) -> int:
 
 
 def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
-    store, sftp_section = ctx.store, ctx.settings.section("sftp")
+    store, sftp_section = ctx.store, ctx.settings.sftp
     with store.transaction():
         moved = store.adopt_older_pending_emails(batch_id)
         if moved:
@@ -224,7 +222,7 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             # Only contacts MC does not hold with that email yet, unless every email is to wait for the import.
-            new_only = ctx.settings.section("email")["wait_for_import"] != "always"
+            new_only = ctx.settings.email.wait_for_import != "always"
             report.csv_rows = write_csv(store.subscribers(batch_id, new_only=new_only), out)
         if report.csv_rows == 0:
             with store.transaction():
@@ -235,8 +233,8 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
                 store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
             report.note = "nothing to upload"
             return
-        ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section['host']}")
-        remote = ctx.upload(sftp_section, Path(tmp), sftp_section["file_name"])
+        ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section.host}")
+        remote = ctx.upload(sftp_section, Path(tmp), sftp_section.file_name)
     finally:
         os.unlink(tmp)
     report.remote_path = remote
@@ -253,10 +251,10 @@ START_ATTEMPTS = 3
 
 
 def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
-    imp = ctx.settings.section("import")
+    imp = ctx.settings.import_
     task_id = None
-    if imp["mode"] == "import-definition":
-        task_id = _start_once(ctx, batch_id, imp["definition_key"])
+    if imp.mode == "import-definition" and imp.definition_key:  # (config requires the key in this mode)
+        task_id = _start_once(ctx, batch_id, imp.definition_key)
     with ctx.store.transaction():
         ctx.store.forget_import_start(batch_id, "New" if task_id else "waiting")
         ctx.store.update_batch(batch_id, status="importing", import_task_id=task_id)
@@ -308,10 +306,10 @@ def _started_run(ctx: Context, batch_id: int, key: str) -> str | None:
     store = ctx.store
     batch = store.batch(batch_id)
     assert batch is not None
-    poll = float(ctx.settings.section("import")["poll_interval"])
+    poll = ctx.settings.import_.poll_interval
     attempted = store.import_start_attempt(batch_id) or time.time()
     # MC's clock against ours: `import.clock_skew` (UNCONFIRMED how far apart they are; NTP keeps both close).
-    since = (batch.uploaded_at or attempted) - float(ctx.settings.section("import")["clock_skew"])
+    since = (batch.uploaded_at or attempted) - ctx.settings.import_.clock_skew
     known = store.import_task_ids()
     while True:
         runs = [
@@ -376,7 +374,7 @@ def run(ctx: Context, dry_run: bool = False) -> SyncReport:
 def preview(ctx: Context) -> SyncReport:
     """What sync would claim, upload and later send; reads the source and writes nothing."""
     report = SyncReport()
-    source = open_source(ctx.settings.section("source"))
+    source = open_source(ctx.settings.source)
     subscribers: dict[str, str] = {}
     try:
         for fresh, _ in _new_rows(ctx, source, remember=True):
