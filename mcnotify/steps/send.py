@@ -410,7 +410,7 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
             report.total = pending
             report.started_at = (report.sent + report.failed + report.unknown + report.requeued, time.monotonic())
             before = (report.sent, report.failed, report.unknown, report.requeued)
-            api = ctx.settings.channel(channel)["api"]
+            api = ctx.settings.channel(channel).api
             if api == "triggered-send":
                 _send_triggered(ctx, report, batch.id, known_only)
             else:
