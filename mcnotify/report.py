@@ -10,6 +10,7 @@ from typing import Any
 
 from mcnotify.config import Template
 from mcnotify.state import Store
+from mcnotify.state.states import StepStatus
 
 STEPS = ("sync", "wait-import", "send-email", "send-sms")
 
@@ -55,8 +56,8 @@ def batch_view(store: Store, batch_id: int, running: bool | None = None) -> dict
         running = someone_runs(store)
     if not running:
         for step in steps.values():
-            if step["status"] == "running":
-                step.update(status="interrupted", detail=GONE)
+            if step["status"] == StepStatus.RUNNING:
+                step.update(status=StepStatus.INTERRUPTED.value, detail=GONE)
     skip = steps.get("skip")  # recorded by `mcnotify skip`, with the operator's reason
     channels: dict[str, dict[str, int]] = {}
     for (channel, status), n in counts.items():

@@ -20,6 +20,7 @@ from mcnotify.config import Settings
 from mcnotify.errors import EXIT_TEMPORARY, ConfigError, LockHeld, McnotifyError
 from mcnotify.redact import scrub
 from mcnotify.state import StateStore, Store
+from mcnotify.state.states import StepStatus
 from mcnotify.steps import Context
 
 T = TypeVar("T")
@@ -46,13 +47,15 @@ def open_context(
             _lock(store)
             # Steps left "running" by a process that was killed: nobody else holds the lock, so none runs now.
             with store.transaction():
-                store.end_running_steps("interrupted", "its process ended without recording how (killed?)")
+                store.end_running_steps(StepStatus.INTERRUPTED, "its process ended without recording how (killed?)")
         yield ctx
     finally:
         ctx.close()
         store.close()
 
 
+# The commands a timer or the follower runs: their runs ping the health check and alert on failure.
+PIPELINE = frozenset(("sync", "wait-import", "send-email", "send-sms", "run-all"))
 LOCK_WAIT = "MCNOTIFY_LOCK_WAIT"  # seconds to wait for a held lock (the chained send units: one after the other)
 
 
@@ -131,7 +134,8 @@ def execute(
         if dry_run:
             return _state_errors(settings, lambda: action(ctx))
         run_id = ctx.store.run_started(command)
-        hooks.run_started(settings, command)
+        if command in PIPELINE:
+            hooks.run_started(settings, command)
         started = time.monotonic()
         try:
             result = _state_errors(settings, lambda: action(ctx))
@@ -173,11 +177,11 @@ def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | Non
         # A step still marked running when the run ends shows how it ended, not "running" for ever: one the
         # next run resumes (a claim that waits for the import in flight) is "waiting".
         ended, why = {
-            0: ("waiting", "the run ended before this step could finish; the next run resumes it"),
-            EXIT_TEMPORARY: ("waiting", error or "the next run resumes it"),
-            130: ("stopped", error or "stopped"),
-            143: ("stopped", error or "stopped"),
-        }.get(code, ("failed", error or f"exit code {code}"))
+            0: (StepStatus.WAITING, "the run ended before this step could finish; the next run resumes it"),
+            EXIT_TEMPORARY: (StepStatus.WAITING, error or "the next run resumes it"),
+            130: (StepStatus.STOPPED, error or "stopped"),
+            143: (StepStatus.STOPPED, error or "stopped"),
+        }.get(code, (StepStatus.FAILED, error or f"exit code {code}"))
         with (
             contextlib.suppress(sqlite3.Error, McnotifyError),
             ctx.store.transaction(),
@@ -185,6 +189,7 @@ def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | Non
             ctx.store.end_running_steps(ended, why)
         ctx.store.run_finished(run_id, code, error, counts)
     try:
-        hooks.run_finished(ctx.settings, ctx.store, command, code, error)
+        if command in PIPELINE:  # an operator's own retry or skip that fails is told on the terminal, not paged
+            hooks.run_finished(ctx.settings, ctx.store, command, code, error)
     except Exception:  # hooks guard themselves; this is the last line of defence
         logging.getLogger(__name__).warning("monitoring hooks failed", exc_info=True)

@@ -35,7 +35,16 @@ def _writable(path):
         os.makedirs(path, 0o700, exist_ok=True)
     except OSError:
         return False
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+    if not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+        return False
+    # access() trusts mode bits; /proc, a read-only mount or a full disk say no only when one tries.
+    probe = os.path.join(path, ".mcnotify-probe-%d" % os.getpid())
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError:
+        return False
+    return True
 
 
 def _private_tmp():

@@ -92,7 +92,8 @@ def show(
 
     out.print(
         f"batch {view['batch']} · {view['status']} · created {when(view['created_at'])} · {view['rows']} rows, "
-        f"{view['invalid']} invalid, {view['conflicts']} key conflicts, {view['csv_rows']} subscribers uploaded",
+        f"{view['invalid']} invalid, {view['conflicts']} key conflicts, "
+        + ("nothing uploaded" if view["csv_rows"] is None else f"{view['csv_rows']} subscribers uploaded"),
         markup=False,
     )
     out.print(

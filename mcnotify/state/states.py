@@ -44,6 +44,7 @@ class StepStatus(StrEnum):
     SKIPPED = "skipped"
     INTERRUPTED = "interrupted"  # its process ended without saying how
     STOPPED = "stopped"  # a stop request ended it
+    WAITING = "waiting"  # the run ended before it could finish (a claim waiting for the import); resumed next
 
 
 def sql_list(values: tuple[StrEnum, ...]) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from mcnotify import hooks
 from mcnotify.errors import ConfigError, ImportPending, McnotifyError, Stopped
+from mcnotify.state.states import BatchStatus
 from mcnotify.state.store import StateFileLost
 from mcnotify.steps import Context, send, sync, wait_import
 
@@ -132,12 +133,12 @@ class Follower:
         if not self.sms_waits and self.dirty:
             self._send("sms", deferred)
         now = self.clock()
-        was_importing = ctx.store.batches("importing")
+        was_importing = ctx.store.batches(BatchStatus.IMPORTING)
         if was_importing and now - self.last_import_poll >= self.import_poll:
             self.last_import_poll = now
             with contextlib.suppress(ImportPending):  # still running: polled again next time
                 wait_import.run(ctx, wait=False)
-        importing = ctx.store.batches("importing")
+        importing = ctx.store.batches(BatchStatus.IMPORTING)
         if was_importing and not importing:
             self.dirty = True  # the import released its emails (and, if they wait, the SMS)
         if self.dirty:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcnotify.errors import McnotifyError
+from mcnotify.state.states import BatchStatus, StepStatus
 from mcnotify.steps import Context
 
 
@@ -29,10 +30,10 @@ def retry(ctx: Context, batch_id: int, channel: str | None = None) -> RepairRepo
         if readdressed := store.readdress_to_newest(batch_id):
             note += f"; {readdressed} email(s) now go to the subscriber's newest address"
         if batch.import_status == "Error" and "email" in channels:
-            store.update_batch(batch_id, status="claimed", import_status=None, import_task_id=None)
+            store.update_batch(batch_id, status=BatchStatus.CLAIMED, import_status=None, import_task_id=None)
             note += "; the failed import will be uploaded and started again by the next sync"
-        elif changed and batch.status == "done":
-            store.update_batch(batch_id, status="imported")
+        elif changed and batch.status == BatchStatus.DONE:
+            store.update_batch(batch_id, status=BatchStatus.IMPORTED)
     return RepairReport(batch_id, changed, note)
 
 
@@ -44,9 +45,12 @@ def skip(ctx: Context, batch_id: int, reason: str) -> RepairReport:
         raise McnotifyError(f"no batch {batch_id}")
     if not reason.strip():
         raise McnotifyError("skip needs a --reason")
+    if batch.status == BatchStatus.DONE and store.open_work(batch_id) == 0:
+        # Nothing to give up on: keep the record of how it ended (an earlier skip's reason included).
+        raise McnotifyError(f"batch {batch_id} is done and has nothing left to skip")
     with store.transaction():
         skipped = store.skip_open(batch_id, f"skipped by an operator: {reason}")
-        store.update_batch(batch_id, status="done")
-        store.end_running_steps("skipped", f"skipped by an operator: {reason}", batch_id=batch_id)
-        store.step_finished(batch_id, "skip", "done", reason)
+        store.update_batch(batch_id, status=BatchStatus.DONE)
+        store.end_running_steps(StepStatus.SKIPPED, f"skipped by an operator: {reason}", batch_id=batch_id)
+        store.step_finished(batch_id, "skip", StepStatus.DONE, reason)
     return RepairReport(batch_id, skipped, f"{skipped} notification(s) skipped; batch {batch_id} done")

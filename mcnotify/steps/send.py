@@ -20,6 +20,7 @@ from mcnotify.errors import McnotifyError, NotificationsRefused
 from mcnotify.mc import DUPLICATE_MESSAGE_KEY
 from mcnotify.redact import mask_contact
 from mcnotify.state import Batch, Notification
+from mcnotify.state.states import BatchStatus, StepStatus
 from mcnotify.state.store import FAILED, PENDING, REQUEUE, SENDING, SENT, UNKNOWN, Outcome
 from mcnotify.steps import Context
 from mcnotify.steps.flow import RateLimiter, Throttle
@@ -63,7 +64,7 @@ class SendReport:
 
 
 # Batches whose claim is complete (conflicts resolved): SMS may go from here on, unless told to wait.
-CLAIMED = ("claimed", "uploaded", "importing", "imported")
+CLAIMED = (BatchStatus.CLAIMED, BatchStatus.UPLOADED, BatchStatus.IMPORTING, BatchStatus.IMPORTED)
 
 
 def _gate(ctx: Context, batch: Batch, channel: str) -> str | None:
@@ -73,8 +74,8 @@ def _gate(ctx: Context, batch: Batch, channel: str) -> str | None:
         return None
     if channel == "sms":
         waits = ctx.settings.sms.wait_for_import
-        return "all" if not waits or batch.status == "imported" else None
-    if batch.status == "imported":
+        return "all" if not waits or batch.status == BatchStatus.IMPORTED else None
+    if batch.status == BatchStatus.IMPORTED:
         return "all" if batch.import_status in EMAIL_READY or batch.import_status == "Error" else None
     return {"new-contacts": "known", "never": "all"}.get(ctx.settings.email.wait_for_import)
 
@@ -354,7 +355,7 @@ def _sample(ctx: Context, n: Notification) -> dict[str, Any]:
 def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
     store, report = ctx.store, SendReport(channel)
     step = f"send-{channel}"
-    unfinished = store.batches("claiming", "claimed", "uploaded", "importing")
+    unfinished = store.batches(BatchStatus.CLAIMING, BatchStatus.CLAIMED, BatchStatus.UPLOADED, BatchStatus.IMPORTING)
     waiting = [b.id for b in unfinished if _gate(ctx, b, channel) != "all"]
     report.waiting = waiting
     report.held = held(ctx, channel)
@@ -387,7 +388,7 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
                 continue
             with store.transaction():
                 report.failed += store.fail_channel(batch.id, channel, "MC import of the subscriber file failed")
-                store.step_finished(batch.id, step, "failed", "import failed")
+                store.step_finished(batch.id, step, StepStatus.FAILED, "import failed")
             pending = 0
         if dry_run:
             if pending:
@@ -421,12 +422,12 @@ def run(ctx: Context, channel: str, dry_run: bool = False) -> SendReport:
                 f", {requeued} waiting for MC to import their subscriber" if requeued else ""
             )
             with store.transaction():
-                store.step_finished(batch.id, step, "failed" if failed else "done", summary)
+                store.step_finished(batch.id, step, StepStatus.FAILED if failed else "done", summary)
             counts = {"sent": sent, "failed": failed, "unknown": unknown, "requeued": requeued}
             ctx.progress(f"{step}: batch {batch.id}: {summary}", counts=counts)  # the log's last word on the batch
-        if batch.status == "imported" and store.open_work(batch.id) == 0:
+        if batch.status == BatchStatus.IMPORTED and store.open_work(batch.id) == 0:
             with store.transaction():
-                store.update_batch(batch.id, status="done")
+                store.update_batch(batch.id, status=BatchStatus.DONE)
     if not report.batches and not report.note:
         report.note = "nothing to send" + (
             f" (batch {', '.join(map(str, waiting))} not imported yet)" if waiting else ""

@@ -20,6 +20,7 @@ from mcnotify.errors import ConfigError, McnotifyError
 from mcnotify.redact import mask_contact
 from mcnotify.source import CREATED_AT, Source, open_source
 from mcnotify.state import Batch
+from mcnotify.state.states import BatchStatus, StepStatus
 from mcnotify.state.store import INVALID, NewNotification
 from mcnotify.steps import Context
 from mcnotify.steps.classify import (
@@ -189,7 +190,7 @@ def _claim(ctx: Context, batch_id: int | None, report: SyncReport) -> int | None
 def _resolve_conflicts(ctx: Context, batch_id: int) -> int:
     with ctx.store.transaction():
         keys = ctx.store.resolve_email_conflicts(batch_id)
-        ctx.store.update_batch(batch_id, conflicts=len(keys), status="claimed")
+        ctx.store.update_batch(batch_id, conflicts=len(keys), status=BatchStatus.CLAIMED)
     if keys:
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         ctx.progress(f"sync: {len(keys)} subscriber key(s) had two emails in batch {batch_id}; newest wins: {shown}")
@@ -227,10 +228,14 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
         if report.csv_rows == 0:
             with store.transaction():
                 store.update_batch(
-                    batch_id, status="imported", csv_rows=0, import_status="skipped", import_done_at=time.time()
+                    batch_id,
+                    status=BatchStatus.IMPORTED,
+                    csv_rows=0,
+                    import_status="skipped",
+                    import_done_at=time.time(),
                 )
-                store.step_finished(batch_id, "sync", "done", "nothing to upload")
-                store.step_finished(batch_id, "wait-import", "skipped", "nothing was uploaded")
+                store.step_finished(batch_id, "sync", StepStatus.DONE, "nothing to upload")
+                store.step_finished(batch_id, "wait-import", StepStatus.SKIPPED, "nothing was uploaded")
             report.note = "nothing to upload"
             return
         ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section.host}")
@@ -240,7 +245,7 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
     report.remote_path = remote
     with store.transaction():
         store.update_batch(
-            batch_id, status="uploaded", remote_path=remote, uploaded_at=time.time(), csv_rows=report.csv_rows
+            batch_id, status=BatchStatus.UPLOADED, remote_path=remote, uploaded_at=time.time(), csv_rows=report.csv_rows
         )
 
 
@@ -257,8 +262,8 @@ def _start_import(ctx: Context, batch_id: int, report: SyncReport) -> None:
         task_id = _start_once(ctx, batch_id, imp.definition_key)
     with ctx.store.transaction():
         ctx.store.forget_import_start(batch_id, "New" if task_id else "waiting")
-        ctx.store.update_batch(batch_id, status="importing", import_task_id=task_id)
-        ctx.store.step_finished(batch_id, "sync", "done", f"{report.csv_rows or 'all'} subscribers uploaded")
+        ctx.store.update_batch(batch_id, status=BatchStatus.IMPORTING, import_task_id=task_id)
+        ctx.store.step_finished(batch_id, "sync", StepStatus.DONE, f"{report.csv_rows or 'all'} subscribers uploaded")
     report.task_id = task_id
 
 
@@ -331,9 +336,10 @@ def _claim_while_importing(ctx: Context, unfinished: list[Batch], report: SyncRe
     """An import is in flight. The Import file has one name, so nothing is uploaded while MC may still read it;
     new rows are still claimed (their SMS can go now), into the one open batch the next upload will carry."""
     report.blocked = True
-    open_batch = next((b for b in reversed(unfinished) if b.status in ("claiming", "claimed")), None)
+    still_open = (BatchStatus.CLAIMING, BatchStatus.CLAIMED)
+    open_batch = next((b for b in reversed(unfinished) if b.status in still_open), None)
     batch_id = _claim(ctx, open_batch.id if open_batch else None, report)
-    if batch_id is not None and (report.new_rows or (open_batch and open_batch.status == "claiming")):
+    if batch_id is not None and (report.new_rows or (open_batch and open_batch.status == BatchStatus.CLAIMING)):
         report.batch_id = batch_id
         report.conflicts = _resolve_conflicts(ctx, batch_id)  # (status claimed: its SMS may go)
     report.note = f"an import is in flight; {report.new_rows} new notification(s) claimed, their upload waits for it"
@@ -344,12 +350,12 @@ def run(ctx: Context, dry_run: bool = False) -> SyncReport:
     if dry_run:
         return preview(ctx)
     store, report = ctx.store, SyncReport()
-    unfinished = store.batches("claiming", "claimed", "uploaded")
-    if store.batches("importing") and not any(b.status == "uploaded" for b in unfinished):
+    unfinished = store.batches(BatchStatus.CLAIMING, BatchStatus.CLAIMED, BatchStatus.UPLOADED)
+    if store.batches(BatchStatus.IMPORTING) and not any(b.status == BatchStatus.UPLOADED for b in unfinished):
         return _claim_while_importing(ctx, unfinished, report)
     batch = unfinished[0] if unfinished else None
     batch_id = batch.id if batch else None
-    if batch is None or batch.status == "claiming":
+    if batch is None or batch.status == BatchStatus.CLAIMING:
         batch_id = _claim(ctx, batch_id, report)
         if batch_id is None:
             report.note = "nothing new in the source"
@@ -358,15 +364,15 @@ def run(ctx: Context, dry_run: bool = False) -> SyncReport:
     report.batch_id = batch_id
     batch = store.batch(batch_id)
     assert batch is not None
-    if batch.status == "claiming":
+    if batch.status == BatchStatus.CLAIMING:
         report.conflicts = _resolve_conflicts(ctx, batch_id)
         batch = store.batch(batch_id)
         assert batch is not None
-    if batch.status == "claimed":
+    if batch.status == BatchStatus.CLAIMED:
         _upload(ctx, batch_id, report)
     batch = store.batch(batch_id)
     assert batch is not None
-    if batch.status == "uploaded":
+    if batch.status == BatchStatus.UPLOADED:
         _start_import(ctx, batch_id, report)
     return report
 

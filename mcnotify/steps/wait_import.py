@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from mcnotify.errors import ImportPending, McnotifyError
 from mcnotify.state import Batch
+from mcnotify.state.states import BatchStatus, StepStatus
 from mcnotify.steps import Context
 
 
@@ -35,7 +36,7 @@ def _finish(ctx: Context, result: ImportResult) -> None:
     with ctx.store.transaction():
         ctx.store.update_batch(
             result.batch_id,
-            status="imported",
+            status=BatchStatus.IMPORTED,
             import_status=result.status,
             import_total=result.total,
             import_ok=result.ok,
@@ -49,7 +50,7 @@ def _finish(ctx: Context, result: ImportResult) -> None:
         if result.total is None:
             detail = result.status
         ctx.store.step_finished(
-            result.batch_id, "wait-import", "done" if result.status != "Error" else "failed", detail
+            result.batch_id, "wait-import", StepStatus.DONE if result.status != "Error" else "failed", detail
         )
 
 
@@ -100,7 +101,7 @@ def _fixed_delay(ctx: Context, batch: Batch, wait: bool) -> ImportResult | None:
 
 def run(ctx: Context, dry_run: bool = False, wait: bool = True) -> WaitReport:
     report = WaitReport()
-    batches = ctx.store.batches("importing")
+    batches = ctx.store.batches(BatchStatus.IMPORTING)
     if not batches:
         report.note = "no import to wait for"
         return report
