@@ -40,7 +40,7 @@ def test_readme_install_steps_are_complete() -> None:
         "systemctl daemon-reload",
         "-m 0600",
         "systemd-run --pipe",
-        "sudo -u mcnotify",
+        "runuser -u mcnotify --",
         "OnSuccess=` needs systemd ≥ 249",
         "exit 78",
     ):

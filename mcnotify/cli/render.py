@@ -101,6 +101,14 @@ def render_run_all(cli: Application, report: RunAllReport, dry_run: bool) -> Non
         render_wait(cli, w)
     for r in report.sends:
         render_send(cli, r, dry_run)
+    claimable = sum(s.new_rows for s in report.syncs)
+    if dry_run and claimable:
+        # A preview claims nothing, so the sends above count only what the state already holds.
+        cli.out.print(
+            f"run-all (dry run): the {claimable} new row(s) sync would claim are not counted in the sends above;"
+            " a real run claims them and sends what may go (their samples are above)",
+            markup=False,
+        )
 
 
 def render_follow(cli: Application, r: FollowReport) -> None:
