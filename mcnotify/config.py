@@ -119,7 +119,7 @@ def _check_source_url(value: str) -> str | None:
     return "must start with mysql:// or sqlite:///"
 
 
-def _check_state_url(value: str) -> str | None:
+def check_state_url(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("mysql", "mysql+pymysql"):
         return "must be mysql://user:password@host:port/database (MariaDB >= 10.6 or MySQL >= 8.0)"
@@ -177,7 +177,7 @@ class StateSettings(Section):
     path: str | None = key()
     # MariaDB/MySQL instead: mysql://user:password@host:port/database (the password may come from password_file
     # or MCNOTIFY_STATE_PASSWORD instead of the URL).
-    url: str | None = key(check=_check_state_url)
+    url: str | None = key(check=check_state_url)
     password: str | None = key(secret=True)
     connect_timeout: float = key(10.0, check=_between(0.1, 600))
     # Seconds a run's lease on the database lasts without a heartbeat: how soon another process takes over from
