@@ -17,6 +17,11 @@ from tests import services
 from tests.helpers import QUERY, TEMPLATES, dump_toml
 
 IN_CI = os.environ.get("CI") == "true"
+# The backend the end-to-end fixture `env` configures: sqlite (the file, by default) or mysql (a fresh database
+# on the private MariaDB). CI runs the pipeline tests once more with MCNOTIFY_TEST_STATE=mysql.
+STATE_BACKEND = os.environ.get("MCNOTIFY_TEST_STATE", "sqlite")
+# For a test that reads or tampers with the SQLite file itself (its bytes, its flock, raw sqlite3).
+sqlite_only = pytest.mark.skipif(STATE_BACKEND != "sqlite", reason="the SQLite state file itself")
 # Fixtures that start MariaDB or sshd (directly or through another fixture), or the demo's sandbox that runs
 # whole pipelines over its SFTP server (test modules' `demo` and `alerting`): a test using one is marked
 # `services`, so `make test-fast` (-m "not services") runs in seconds without them.
@@ -129,6 +134,12 @@ class Env:
         return Path(self.values["state"]["path"])
 
     @property
+    def state(self) -> Path | str:
+        """Where the state is, whichever the backend: the file, or the database's URL (see read_state)."""
+        url: str | None = self.values["state"].get("url")
+        return url if url else self.state_path
+
+    @property
     def import_dir(self) -> Path:
         return self.sshd.root / "Import"
 
@@ -154,13 +165,22 @@ def sandbox_settings(request: pytest.FixtureRequest) -> SandboxSettings:
 
 @pytest.fixture
 def env(
-    tmp_path: Path, sshd: services.Sshd, mariadb: services.MariaDB, app_db: Any, sandbox_settings: SandboxSettings
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sshd: services.Sshd,
+    mariadb: services.MariaDB,
+    app_db: Any,
+    sandbox_settings: SandboxSettings,
 ) -> Iterator[Env]:
     for leftover in sshd.root.joinpath("Import").iterdir():
         leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
     box = Sandbox(tmp_path / "mc", sandbox_settings, builtin_sftp=False, sftp_root=sshd.root).start()
     values: dict[str, Any] = {
-        "state": {"path": str(tmp_path / "state" / "state.db")},
+        "state": (
+            {"url": request.getfixturevalue("state_db")}
+            if STATE_BACKEND == "mysql"
+            else {"path": str(tmp_path / "state" / "state.db")}
+        ),
         "source": {"url": mariadb.url, "query": QUERY, "batch_limit": 50000},
         "marketing_cloud": {
             "auth_url": box.url,

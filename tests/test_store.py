@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import mcnotify
 from mcnotify.errors import LeaseHeld
 from mcnotify.state import StateStore, Store, Token
 from mcnotify.state.interface import NewNotification, Outcome
-from mcnotify.state.mysql import StateDatabaseError
+from mcnotify.state.mysql import LeaseLost, StateDatabaseError
 from mcnotify.state.states import BatchStatus, Delivery, StepStatus
 from mcnotify.state.tokens import NoTokenCache, SqliteTokenCache
 
@@ -315,3 +316,35 @@ def test_the_run_lease_refuses_a_second_holder_until_released(state_db: str) -> 
     finally:
         first.close()
         second.close()
+
+
+def test_a_lease_held_on_another_host_is_taken_over_once_it_expires(state_db: str) -> None:
+    from mcnotify.state.mysql import MySQLStore, Target
+
+    holder, waiting = (MySQLStore(Target.from_url(state_db), lease=3.0) for _ in range(2))
+    try:
+        holder.lock()
+        # The holder dies on another host: no heartbeat any more, and no pid this host could look up.
+        holder._stop_heartbeat.set()
+        holder.conn.execute("UPDATE leases SET host = 'elsewhere.example' WHERE name = 'run'")
+        started = time.monotonic()
+        while True:
+            try:
+                waiting.lock()
+                break
+            except LeaseHeld as exc:
+                assert "on elsewhere.example" in str(exc)
+                assert time.monotonic() - started < 3.0 + 2, "not taken over within the lease and a little"
+                time.sleep(0.2)
+        assert time.monotonic() - started > 2.0 and waiting.generation == 2
+        # Had the old holder only been frozen, its next heartbeat finds the lease taken: it writes nothing more.
+        holder._stop_heartbeat.clear()
+        beat = threading.Thread(target=holder._beat, daemon=True)
+        beat.start()
+        beat.join(5)
+        with pytest.raises(LeaseLost, match="lost the run lease"), holder.transaction():
+            holder.set_meta("x", 1)
+        assert holder.lost and waiting.get_meta("x") is None
+    finally:
+        holder.close()
+        waiting.close()

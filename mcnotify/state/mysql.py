@@ -126,9 +126,26 @@ class Target:
 
 def _why(exc: BaseException) -> str:
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    if isinstance(exc, pymysql.InterfaceError):
+        return "the connection is closed"
     if len(args) == 2 and isinstance(args[0], int):
         return f"({args[0]}) {args[1]}"
     return str(exc) or type(exc).__name__
+
+
+def _dead_here(host: str, pid: int) -> bool:
+    """A holder on this very host whose process is gone (SIGKILL, OOM): its lease is free now, as a flock would
+    be, rather than after the lease runs out (a restarted follower need not wait). Elsewhere: only expiry tells.
+    (Two hosts that share a hostname but not a pid namespace would defeat this: give each its own hostname.)"""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 class Row(tuple[Any, ...]):
@@ -186,8 +203,10 @@ class _Connection:
     def _retrying(self, call: Callable[[], _Result]) -> _Result:
         try:
             return call()
-        except pymysql.OperationalError as exc:
-            if exc.args and exc.args[0] in _GONE and not self.in_transaction:
+        except (pymysql.OperationalError, pymysql.InterfaceError) as exc:
+            # InterfaceError: the connection is closed (a reconnect that failed while the server was down).
+            gone = isinstance(exc, pymysql.InterfaceError) or (exc.args and exc.args[0] in _GONE)
+            if gone and not self.in_transaction:
                 log.info("state database %s: %s; reconnecting", self._target.location, _why(exc))
                 self._reconnect()
                 return self._call(call)
@@ -424,7 +443,11 @@ class MySQLStore(StateStore):
                     )
                 except StateDatabaseError:  # another process inserted it first
                     raise LeaseHeld(f"another run took the lease on {self.location} just now; nothing done") from None
-            elif float(row["expires_at"]) > float(row["now"]) and row["holder"] != self._holder:
+            elif (
+                float(row["expires_at"]) > float(row["now"])
+                and row["holder"] != self._holder
+                and not _dead_here(str(row["host"]), int(row["pid"]))
+            ):
                 left = float(row["expires_at"]) - float(row["now"])
                 raise LeaseHeld(
                     f"another run holds the lease on {self.location}: pid {row['pid']} on {row['host']}"
