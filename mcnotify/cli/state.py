@@ -30,8 +30,11 @@ def migrate(
 
     cli = application(ctx)
     settings = cli.settings()
-    # The URL's password is a secret from now on: no message may carry it.
+    # The URL's password is a secret from now on: no message or log line may carry it.
+    from mcnotify import logs
+
     cli.secrets = tuple(sorted({*cli.secrets, *url_secrets(to)}, key=len, reverse=True))
+    logs.set_secrets(cli.redactor, cli.secrets)
     if problem := check_state_url(to):
         cli.fail(f"--to {problem}", EXIT_USAGE)
     if settings.state_url is not None:
