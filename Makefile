@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint constraints bench bench-latency dist dist-check clean
+.PHONY: demo test test-fast test-state-mysql lint constraints bench bench-latency dist dist-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 # Without MariaDB, sshd or whole pipelines over SFTP (the `services` marker, set in tests/conftest.py).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not services"
+
+# The end-to-end pipelines once more with the state on the private MariaDB ([state] url) instead of the file.
+STATE_E2E := tests/test_pipeline.py tests/test_follow.py tests/test_flow.py tests/test_gating.py tests/test_imports.py
+test-state-mysql: $(STAMP)
+	MCNOTIFY_TEST_STATE=mysql $(BIN)/python -m pytest -q $(STATE_E2E)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mcnotify tests scripts $(wildcard bench)

@@ -119,6 +119,15 @@ def _check_source_url(value: str) -> str | None:
     return "must start with mysql:// or sqlite:///"
 
 
+def check_state_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mysql", "mysql+pymysql"):
+        return "must be mysql://user:password@host:port/database (MariaDB >= 10.6 or MySQL >= 8.0)"
+    if not parts.path.strip("/"):
+        return "must name the database (mysql://user:password@host:port/database)"
+    return None
+
+
 def _check_region(value: str) -> str | None:
     import phonenumbers
 
@@ -164,7 +173,19 @@ class Section(Mapping[str, Any]):
 class StateSettings(Section):
     """[state]"""
 
-    path: str = key("/var/lib/mcnotify/state.db")
+    # SQLite, the default: the state file. Exactly one of path and url; neither means this default path.
+    path: str | None = key()
+    # MariaDB/MySQL instead: mysql://user:password@host:port/database (the password may come from password_file
+    # or MCNOTIFY_STATE_PASSWORD instead of the URL).
+    url: str | None = key(check=check_state_url)
+    password: str | None = key(secret=True)
+    connect_timeout: float = key(10.0, check=_between(0.1, 600))
+    # Seconds a run's lease on the database lasts without a heartbeat: how soon another process takes over from
+    # one that died (the heartbeat renews it every lease/3 seconds).
+    lease: float = key(15.0, check=_between(3, 3600))
+
+
+DEFAULT_STATE_PATH = "/var/lib/mcnotify/state.db"
 
 
 @dataclass(frozen=True)
@@ -404,7 +425,20 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        return Path(self.values["state"]["path"])
+        """The SQLite state file (only meaningful when `state_url` is None)."""
+        return Path(self.values["state"]["path"] or DEFAULT_STATE_PATH)
+
+    @property
+    def state_url(self) -> str | None:
+        """The MariaDB/MySQL state's URL, or None for the SQLite file."""
+        url: str | None = self.values["state"]["url"]
+        return url
+
+    @property
+    def state_location(self) -> str:
+        """Where the state lives, for messages, whichever the backend: never a password."""
+        url = self.state_url
+        return str(self.state_path) if url is None else hide_userinfo(url)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data with every secret replaced, for `config check`."""
@@ -415,6 +449,8 @@ class Settings:
                 secret = SCHEMA[sec][key].secret
                 out[sec][key] = "***" if secret and value else value
         out["source"]["url"] = redact_url(out["source"]["url"])
+        if out["state"]["url"]:
+            out["state"]["url"] = redact_url(out["state"]["url"])
         for sec, key in (("marketing_cloud", "auth_url"), ("alerts", "ping_url")):
             if out[sec][key]:
                 out[sec][key] = hide_userinfo(out[sec][key])
@@ -749,6 +785,13 @@ def _parse(data: dict[str, Any], path: Path | None, environ: Mapping[str, str]) 
 
     secrets = [v for sec, keys in SCHEMA.items() for k, spec in keys.items() if spec.secret and (v := values[sec][k])]
     secrets += url_secrets(values["source"]["url"])
+    state = values["state"]
+    if state["url"]:
+        if state["path"]:
+            raise ConfigError("[state] has both path and url: give one (path for SQLite, url for MariaDB/MySQL)")
+        secrets += url_secrets(state["url"])
+    else:
+        state["path"] = state["path"] or DEFAULT_STATE_PATH
     if webhook := values["alerts"]["slack_webhook"]:
         # An HTTP error may quote only the path of the webhook, and the path is what makes it a secret.
         path_part = "/" + webhook.partition("://")[2].partition("/")[2]
@@ -804,9 +847,10 @@ def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
         for key, spec in keys.items()
         if spec.secret and isinstance(raw.get(sec), Mapping) and raw[sec].get(key)
     ]
-    url = raw.get("source", {}).get("url", "") if isinstance(raw.get("source"), Mapping) else ""
-    if isinstance(url, str) and url_secrets(url):
-        inline.append("[source] url (password)")
+    for sec in ("source", "state"):
+        url = raw.get(sec, {}).get("url", "") if isinstance(raw.get(sec), Mapping) else ""
+        if isinstance(url, str) and url_secrets(url):
+            inline.append(f"[{sec}] url (password)")
     try:
         mode = path.stat().st_mode
     except OSError:

@@ -47,9 +47,14 @@ def checks(ctx: Context) -> list[Check]:
 
     def state() -> str:
         ctx.store.probe_write()
-        return f"{ctx.store.path} is writable"
+        return f"{ctx.store.location} is writable"
 
-    results.append(_run("state", "check the [state] path's folder exists and belongs to this user", state))
+    hint = (
+        "check the [state] path's folder exists and belongs to this user"
+        if settings.state_url is None
+        else "check the [state] url's server is up and its user may write to the database"
+    )
+    results.append(_run("state", hint, state))
 
     def source() -> str:
         from mcnotify.source import open_source

@@ -29,6 +29,10 @@ class LockHeld(TemporaryError):
     pass
 
 
+class LeaseHeld(LockHeld):
+    """The state database's run lease is held by a live process; the message names it."""
+
+
 class ImportPending(TemporaryError):
     pass
 

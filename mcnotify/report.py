@@ -133,7 +133,7 @@ def status(store: Store, limit: int = 10, templates: Mapping[str, Template] | No
             if template is None or template.channel != channel:
                 held[name] = held.get(name, 0) + n
     return {
-        "state": str(store.path),
+        "state": store.location,
         "watermark": store.get_meta("source.watermark"),
         "totals": totals,
         "unknown": {"count": sum(unknown.values()), "why": UNKNOWN_WHY if unknown else "", "reasons": unknown},

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from mcnotify import hooks, logs
 from mcnotify.config import Settings
-from mcnotify.errors import EXIT_TEMPORARY, ConfigError, LockHeld, McnotifyError
+from mcnotify.errors import EXIT_TEMPORARY, ConfigError, LeaseHeld, LockHeld, McnotifyError
 from mcnotify.redact import scrub
-from mcnotify.state import StateStore, Store
+from mcnotify.state import Store, open_store
 from mcnotify.state.states import StepStatus
 from mcnotify.steps import Context
 
@@ -35,8 +35,7 @@ def open_context(
     progress: Callable[[str], None] | None = None,
     meter: Callable[[str, int, int], None] | None = None,
 ) -> Iterator[Context]:
-    path = settings.state_path
-    store = StateStore(path, memory=dry_run and not path.exists(), read_only=dry_run)
+    store = open_store(settings, read_only=dry_run)
     ctx = Context(settings, store, dry_run=dry_run)
     if progress:
         ctx.progress = progress
@@ -75,6 +74,8 @@ def _lock(store: Store) -> None:
             return
         except LockHeld as exc:
             if time.monotonic() >= deadline:
+                if isinstance(exc, LeaseHeld):  # the lease row names its holder already
+                    raise
                 raise LockHeld(_lock_holder(store) or str(exc)) from None
         stop.sleep(min(0.2, max(0.0, deadline - time.monotonic())))  # Stopped on a stop request
 

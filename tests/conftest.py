@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,19 +12,26 @@ import pytest
 
 from mcnotify.sandbox import Sandbox
 from mcnotify.sandbox.model import SandboxSettings
+from mcnotify.state import StateStore, Store
 from tests import services
 from tests.helpers import QUERY, TEMPLATES, dump_toml
 
 IN_CI = os.environ.get("CI") == "true"
+# The backend the end-to-end fixture `env` configures: sqlite (the file, by default) or mysql (a fresh database
+# on the private MariaDB). CI runs the pipeline tests once more with MCNOTIFY_TEST_STATE=mysql.
+STATE_BACKEND = os.environ.get("MCNOTIFY_TEST_STATE", "sqlite")
+# For a test that reads or tampers with the SQLite file itself (its bytes, its flock, raw sqlite3).
+sqlite_only = pytest.mark.skipif(STATE_BACKEND != "sqlite", reason="the SQLite state file itself")
 # Fixtures that start MariaDB or sshd (directly or through another fixture), or the demo's sandbox that runs
 # whole pipelines over its SFTP server (test modules' `demo` and `alerting`): a test using one is marked
 # `services`, so `make test-fast` (-m "not services") runs in seconds without them.
-SERVICE_FIXTURES = frozenset({"mariadb", "sshd", "app_db", "env", "demo", "alerting"})
+SERVICE_FIXTURES = frozenset({"mariadb", "sshd", "app_db", "env", "demo", "alerting", "state_db"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or params.get("make_store") == "mysql":
             item.add_marker(pytest.mark.services)
 
 
@@ -56,6 +64,40 @@ def sshd() -> Iterator[services.Sshd]:
         _unavailable("OpenSSH sshd", exc)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def state_db(mariadb: services.MariaDB) -> Iterator[str]:
+    """A fresh, empty database for one test's state on the private MariaDB: its mysql:// URL."""
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    with mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        cur.execute(f"GRANT ALL ON {name}.* TO '{mariadb.user}'@'127.0.0.1'")
+    yield f"mysql://{mariadb.user}:{mariadb.password}@127.0.0.1:{mariadb.port}/{name}"
+    with mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
+    """Opens the test's state on each backend in turn: `make_store()` (read_only=... as the store takes it).
+    The MySQL one is a fresh database on the private MariaDB."""
+    opened: list[Store] = []
+    url = request.getfixturevalue("state_db") if request.param == "mysql" else None
+
+    def make(read_only: bool = False) -> Store:
+        if url is None:
+            store: Store = StateStore(tmp_path / "state.db", read_only=read_only)
+        else:
+            from mcnotify.state.mysql import MySQLStore, Target
+
+            store = MySQLStore(Target.from_url(url), read_only=read_only, lease=3.0)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture
@@ -92,6 +134,12 @@ class Env:
         return Path(self.values["state"]["path"])
 
     @property
+    def state(self) -> Path | str:
+        """Where the state is, whichever the backend: the file, or the database's URL (see read_state)."""
+        url: str | None = self.values["state"].get("url")
+        return url if url else self.state_path
+
+    @property
     def import_dir(self) -> Path:
         return self.sshd.root / "Import"
 
@@ -117,13 +165,22 @@ def sandbox_settings(request: pytest.FixtureRequest) -> SandboxSettings:
 
 @pytest.fixture
 def env(
-    tmp_path: Path, sshd: services.Sshd, mariadb: services.MariaDB, app_db: Any, sandbox_settings: SandboxSettings
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sshd: services.Sshd,
+    mariadb: services.MariaDB,
+    app_db: Any,
+    sandbox_settings: SandboxSettings,
 ) -> Iterator[Env]:
     for leftover in sshd.root.joinpath("Import").iterdir():
         leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
     box = Sandbox(tmp_path / "mc", sandbox_settings, builtin_sftp=False, sftp_root=sshd.root).start()
     values: dict[str, Any] = {
-        "state": {"path": str(tmp_path / "state" / "state.db")},
+        "state": (
+            {"url": request.getfixturevalue("state_db")}
+            if STATE_BACKEND == "mysql"
+            else {"path": str(tmp_path / "state" / "state.db")}
+        ),
         "source": {"url": mariadb.url, "query": QUERY, "batch_limit": 50000},
         "marketing_cloud": {
             "auth_url": box.url,

@@ -84,9 +84,16 @@ def run_cli(config: Path, *args: str) -> Result:
 
 
 @contextmanager
-def read_state(path: Path) -> Iterator[Store]:
-    """The state as a dry run sees it: read-only, and leaving the file, its WAL and -shm as they were."""
-    store = StateStore(path, read_only=True)
+def read_state(where: Path | str) -> Iterator[Store]:
+    """The state as a dry run sees it: read-only, and leaving the file, its WAL and -shm as they were. `where`:
+    the SQLite file, or a MariaDB state's mysql:// URL (Env.state gives whichever the test runs on)."""
+    store: Store
+    if isinstance(where, str) and where.startswith("mysql://"):
+        from mcnotify.state.mysql import MySQLStore, Target
+
+        store = MySQLStore(Target.from_url(where), read_only=True)
+    else:
+        store = StateStore(Path(where), read_only=True)
     try:
         yield store
     finally:
@@ -95,10 +102,10 @@ def read_state(path: Path) -> Iterator[Store]:
 
 class HasState(Protocol):
     @property
-    def state_path(self) -> Path: ...
+    def state(self) -> Path | str: ...
 
 
 def statuses(env: HasState, channel: str | None = None) -> Counter[str]:
     """How many notifications (of one channel) are in each status, read through the store."""
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         return Counter(store.status_counts(channel))

@@ -119,3 +119,56 @@ def test_load_reads_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(dump_toml(base()))
     assert load(path, environ={}).path == path
+
+
+# -- [state] url: the MariaDB/MySQL state ------------------------------------------------------------------------
+def test_state_defaults_to_the_sqlite_file_and_url_selects_the_database(tmp_path: Path) -> None:
+    raw = base()
+    del raw["state"]
+    s = parse(raw, environ={})
+    assert str(s.state_path) == "/var/lib/mcnotify/state.db" and s.state_url is None
+    assert s.state_location == "/var/lib/mcnotify/state.db"
+    raw["state"] = {"url": "mysql://mcn:state-Secret-pw@db.internal:3306/mcnotify"}
+    s = parse(raw, environ={})
+    assert s.state_url == "mysql://mcn:state-Secret-pw@db.internal:3306/mcnotify"
+    assert s.state_location == "mysql://***@db.internal:3306/mcnotify"
+    assert "state-Secret-pw" in s.secrets
+    assert s.redacted()["state"]["url"] == "mysql://mcn:***@db.internal:3306/mcnotify"
+    password = tmp_path / "state_pw"
+    password.write_text("from-the-file\n")
+    password.chmod(0o600)
+    s = parse(raw, environ={"MCNOTIFY_STATE_PASSWORD_FILE": str(password)})
+    assert s.state.password == "from-the-file" and "from-the-file" in s.secrets
+    assert s.redacted()["state"]["password"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"path": "/srv/state.db", "url": "mysql://u:pw-Hidden-1@h/db"}, "[state] has both path and url"),
+        ({"url": "postgres://u:pw-Hidden-1@h/db"}, "[state] url must be mysql://"),
+        ({"url": "mysql://u:pw-Hidden-1@h:3306/"}, "[state] url must name the database"),
+    ],
+)
+def test_state_url_mistakes_are_one_line_config_errors(state: dict[str, Any], message: str) -> None:
+    raw = base()
+    raw["state"] = state
+    with pytest.raises(ConfigError) as caught:
+        parse(raw, environ={})
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    assert "pw-Hidden-1" not in str(caught.value)
+
+
+def test_config_check_hides_the_state_password(tmp_path: Path) -> None:
+    raw = base()
+    raw["state"] = {"url": "mysql://mcn:state-Secret-pw@db.internal:3306/mcnotify"}
+    path = tmp_path / "config.toml"
+    path.write_text(dump_toml(raw))
+    path.chmod(0o600)
+    result = run_cli(path, "config", "check")
+    assert result.exit_code == 0, result.output
+    assert "state-Secret-pw" not in result.output and "mysql://mcn:***@db.internal:3306/mcnotify" in result.output
+    raw["state"]["path"] = "/srv/state.db"
+    path.write_text(dump_toml(raw))
+    result = run_cli(path, "config", "check")
+    assert result.exit_code == 78 and "state-Secret-pw" not in result.output

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Env
+from tests.conftest import Env, sqlite_only
 from tests.helpers import read_state, run_cli, statuses
 
 
@@ -89,6 +89,7 @@ def test_mc_refusing_for_want_of_the_subscriber_sends_it_after_the_next_import(e
     assert uploaded(env) == [["m-1", "one@example.com"]]
 
 
+@sqlite_only
 def test_a_state_from_the_release_before_upgrades_in_place_and_sends_nothing_twice(env: Env, app_db: Any) -> None:
     env.write(email={"api": "triggered-send"})
     app_db([email(1, "m-1", "one@example.com"), email(2, "m-2", "two@example.com")])

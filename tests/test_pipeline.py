@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mcnotify.state import StateStore
-from tests.conftest import Env
+from tests.conftest import Env, sqlite_only
 from tests.helpers import event_rows, people, read_state, run_cli, statuses
 
 
@@ -129,6 +129,7 @@ def test_5xx_429_and_lost_replies_are_retried_without_duplicates(env: Env, app_d
     assert codes[500] >= 4 and codes[429] == 2 and codes[503] == 1
 
 
+@sqlite_only
 def test_reused_message_key_counts_as_already_sent(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(4)))
     assert run_cli(env.config, "run-all").exit_code == 0
@@ -146,6 +147,7 @@ def test_reused_message_key_counts_as_already_sent(env: Env, app_db: Any) -> Non
     assert reasons == {"messageKey already used: MC accepted it earlier"}
 
 
+@sqlite_only
 def test_dry_run_writes_nothing(env: Env, app_db: Any) -> None:
     app_db([*event_rows(1, people(3)), (50, "envelope-received", "m-x", "bad@@x.com", "", "Luffy", "X", 1)])
     result = run_cli(env.config, "run-all", "--dry-run")
@@ -199,6 +201,7 @@ def test_unknown_host_is_refused_not_trusted(env: Env, app_db: Any) -> None:
     assert empty.read_text() == ""
 
 
+@sqlite_only
 def test_second_run_exits_75_while_the_lock_is_held(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(1)))
     holder = StateStore(env.state_path)
@@ -297,6 +300,7 @@ def test_fixed_delay_mode_waits_after_upload_instead_of_polling(env: Env, app_db
     assert soap_calls == []
 
 
+@sqlite_only
 def test_secrets_never_appear_in_output_or_state(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(2)))
     outputs = []
@@ -389,7 +393,7 @@ def test_a_backlog_larger_than_batch_limit_drains_in_one_run(env: Env, app_db: A
     assert result.exit_code == 0, result.output
     accepted = env.accepted()
     assert len(accepted) == 90 and max(keys(accepted).values()) == 1
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         sizes = [b.rows for b in store.batches()]
     assert max(sizes) <= 20 and sum(sizes) == 90
     assert statuses(env) == {"sent": 90}

@@ -12,6 +12,7 @@ from mcnotify.cli import pipeline  # noqa: F401  # isort: skip
 from mcnotify.cli import views  # noqa: F401  # isort: skip
 from mcnotify.cli import sandbox  # noqa: F401  # isort: skip
 from mcnotify.cli import operator  # noqa: F401  # isort: skip
+from mcnotify.cli import state  # noqa: F401  # isort: skip
 from mcnotify.cli.application import app
 from mcnotify.stop import request_stop
 

@@ -97,6 +97,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
+state_app = typer.Typer(no_args_is_help=True, help="Move the state between backends.")
+app.add_typer(state_app, name="state")
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Check the import once; exit 75 while it is pending.")]

@@ -131,7 +131,8 @@ class TokenCache(Protocol):
 class Store(Protocol):
     """The state. Writes happen inside `transaction()` (one at a time per state, all or nothing)."""
 
-    path: Path  # where the state lives, for messages
+    path: Path  # SQLite: the state file
+    location: str  # where the state lives, for messages (a file, or a database URL without its userinfo)
     read_only: bool  # a dry run's view: any write raises
     lost: bool  # the state was replaced under this process: write nothing more
 

@@ -86,6 +86,7 @@ class StateStore:
         `read_only`: a dry run's view. Any write raises, and the file, its WAL and its -shm are left byte for byte
         as they were (a preview must not be able to lose or change anything)."""
         self.path = path
+        self.location = str(path)
         self.memory = memory
         self.read_only = read_only or memory
         self._scratch: Path | None = None  # a dry run's private copy of a state that has a WAL

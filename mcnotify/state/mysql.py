@@ -1,0 +1,727 @@
+"""The state on MariaDB (>= 10.6) / MySQL (>= 8.0): the same `Store`, through pymysql.
+
+Most of the SQL the SQLite store speaks is portable: `MySQLStore` inherits those operations from `StateStore`
+and runs them through `_Connection`, which looks like the sqlite3 connection they were written for (`?`
+placeholders, rows readable by index and by name). What differs is overridden here: upserts, reserved words,
+updates that read their own table, SQLite's bare columns beside MAX(), GLOB, and the plumbing (transactions,
+migrations, the run lock as a lease row, the token cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pymysql
+import pymysql.constants.CLIENT
+import pymysql.constants.FIELD_TYPE
+import pymysql.converters
+
+from mcnotify.config import hide_userinfo
+from mcnotify.errors import LeaseHeld, McnotifyError
+from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
+from mcnotify.state.interface import Notification, Store
+from mcnotify.state.mysql_schema import MIGRATIONS
+from mcnotify.state.states import NOT_YET_IMPORTED, OPEN, UNSENDABLE, Delivery, StepStatus, sql_list
+from mcnotify.state.store import StateFileLost, StateStore
+from mcnotify.state.tokens import NoTokenCache, Token
+
+log = logging.getLogger(__name__)
+
+_UNSENDABLE = sql_list(UNSENDABLE)
+_OPEN = sql_list(OPEN)
+_NOT_YET_IMPORTED = sql_list(NOT_YET_IMPORTED)
+# message_keys' rule as a regular expression: a stored key MC would refuse.
+_INVALID_MESSAGE_KEY = (
+    f"(CHAR_LENGTH(message_key) NOT BETWEEN 1 AND {MAX_LENGTH} OR message_key REGEXP '[^{SAFE_CHARS}]')"
+)
+# "Server has gone away", "Lost connection", "Connection not available" (a restart, a failover, an idle
+# timeout): the connection is new again and the statement is retried, but only between transactions.
+_GONE = {2006, 2013, 2055}
+# The session every connection starts with: a known sql_mode whatever the server's default (ANSI_QUOTES or
+# PIPES_AS_CONCAT would change what the SQL means; ONLY_FULL_GROUP_BY is not needed by it), and READ COMMITTED:
+# each statement sees what was committed before it, as a SQLite reader does, without InnoDB's gap locks.
+_SESSION = (
+    "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION,ERROR_FOR_DIVISION_BY_ZERO'",
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+)
+RUN_LEASE = "run"
+_NO_LIMIT = 18446744073709551615  # MySQL's "no LIMIT" (SQLite's LIMIT -1)
+
+
+class StateDatabaseError(McnotifyError):
+    """A statement against the state database failed (the transaction it was in was rolled back)."""
+
+
+class LeaseLost(StateFileLost):
+    """This process no longer holds the run lease (its heartbeat stopped for longer than the lease)."""
+
+
+def _number(text: bytes | str) -> int | float:
+    # SUM() and friends come back as DECIMAL: the SQLite store hands out ints and floats.
+    value = Decimal(text.decode() if isinstance(text, bytes) else text)
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+_CONVERSIONS = dict(pymysql.converters.conversions)
+for _decimal in (pymysql.constants.FIELD_TYPE.DECIMAL, pymysql.constants.FIELD_TYPE.NEWDECIMAL):
+    _CONVERSIONS[_decimal] = _number
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the state database is and how to reach it (the password is never part of any message)."""
+
+    params: dict[str, Any]
+    location: str  # the URL without its userinfo
+
+    @classmethod
+    def from_url(cls, url: str, password: str | None = None, connect_timeout: float = 10.0) -> Target:
+        parts = urlsplit(url)
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        params: dict[str, Any] = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 3306,
+            "user": unquote(parts.username or ""),
+            "password": password if password is not None else unquote(parts.password or ""),
+            "database": unquote(parts.path.lstrip("/")),
+            "charset": "utf8mb4",
+            "connect_timeout": connect_timeout,
+            # A state statement can be long (a million-row batch's subscriber file), but never endless.
+            "read_timeout": max(connect_timeout * 60, 600),
+            "write_timeout": max(connect_timeout * 60, 600),
+            "autocommit": True,
+            # UPDATE's rowcount counts the rows it matched, as SQLite's does, not only those it changed.
+            "client_flag": pymysql.constants.CLIENT.FOUND_ROWS,
+            "conv": _CONVERSIONS,
+        }
+        if "unix_socket" in options:
+            params["unix_socket"] = options["unix_socket"]
+        return cls(params, hide_userinfo(url))
+
+    def connect(self, read_only: bool = False) -> pymysql.connections.Connection[Any]:
+        try:
+            conn = pymysql.connect(**self.params)
+        except pymysql.Error as exc:
+            raise StateDatabaseError(f"cannot connect to the state database {self.location}: {_why(exc)}") from None
+        with conn.cursor() as cur:
+            for statement in _SESSION:
+                cur.execute(statement)
+            if read_only:  # a dry run's session: the server refuses any write
+                cur.execute("SET SESSION TRANSACTION READ ONLY")
+        return conn
+
+
+def _why(exc: BaseException) -> str:
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    if isinstance(exc, pymysql.InterfaceError):
+        return "the connection is closed"
+    if len(args) == 2 and isinstance(args[0], int):
+        return f"({args[0]}) {args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+def _dead_here(host: str, pid: int) -> bool:
+    """A holder on this very host whose process is gone (SIGKILL, OOM): its lease is free now, as a flock would
+    be, rather than after the lease runs out (a restarted follower need not wait). Elsewhere: only expiry tells.
+    (Two hosts that share a hostname but not a pid namespace would defeat this: give each its own hostname.)"""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+class Row(tuple[Any, ...]):
+    """A result row as sqlite3.Row is read: by index, by column name, and by dict()."""
+
+    _names: tuple[str, ...]
+
+    def __new__(cls, values: Sequence[Any], names: tuple[str, ...]) -> Row:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+
+class _Result:
+    """What sqlite3's execute() returns, as far as the store reads it."""
+
+    def __init__(self, rows: list[Row], rowcount: int, lastrowid: int | None) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    def fetchone(self) -> Row | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Row]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self._rows)
+
+
+class _Connection:
+    """pymysql behind the sqlite3 calls the store makes: `?` placeholders, execute()/executemany() returning
+    rows readable by name, and a reconnect when the server went away between transactions."""
+
+    def __init__(self, target: Target, read_only: bool) -> None:
+        self._target = target
+        self._read_only = read_only
+        self._conn = target.connect(read_only)
+        self.in_transaction = False
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._conn = self._target.connect(self._read_only)
+
+    def _retrying(self, call: Callable[[], _Result]) -> _Result:
+        try:
+            return call()
+        except (pymysql.OperationalError, pymysql.InterfaceError) as exc:
+            # InterfaceError: the connection is closed (a reconnect that failed while the server was down).
+            gone = isinstance(exc, pymysql.InterfaceError) or (exc.args and exc.args[0] in _GONE)
+            if gone and not self.in_transaction:
+                log.info("state database %s: %s; reconnecting", self._target.location, _why(exc))
+                self._reconnect()
+                return self._call(call)
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+        except pymysql.Error as exc:
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+
+    def _call(self, call: Callable[[], _Result]) -> _Result:
+        try:
+            return call()
+        except pymysql.Error as exc:
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        # pymysql formats with %: a literal % must be doubled, and sqlite3's ? becomes %s.
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def _fetch(self, cur: Any) -> _Result:
+        rows: list[Row] = []
+        if cur.description:
+            names = tuple(d[0] for d in cur.description)
+            rows = [Row(r, names) for r in cur.fetchall()]
+        return _Result(rows, cur.rowcount, cur.lastrowid or None)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Result:
+        def call() -> _Result:
+            with self._conn.cursor() as cur:
+                cur.execute(self._sql(sql), tuple(args))
+                return self._fetch(cur)
+
+        return self._retrying(call)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Result:
+        batch = [tuple(r) for r in rows]
+        if not batch:
+            return _Result([], 0, None)
+
+        def call() -> _Result:
+            with self._conn.cursor() as cur:
+                cur.executemany(self._sql(sql), batch)
+                return _Result([], cur.rowcount, cur.lastrowid or None)
+
+        return self._retrying(call)
+
+    def raw(self, sql: str, args: Sequence[Any] | None = None) -> _Result:
+        """A statement in pymysql's own %s syntax (the migrations)."""
+
+        def call() -> _Result:
+            with self._conn.cursor() as cur:
+                cur.execute(sql, args)
+                return self._fetch(cur)
+
+        return self._retrying(call)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+class MySQLTokenCache:
+    """The token row of the state database, through a connection of its own per call: any thread may use it,
+    and a token saved while the store is inside a transaction is neither part of it nor blocked by it."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+
+    def load(self, issued_for: str) -> Token | None:
+        import hmac
+
+        conn = self._target.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT access_token, rest_url, soap_url, obtained_at, expires_at, issued_for FROM token"
+                    " WHERE id = 1"
+                )
+                row = cur.fetchone()
+        except pymysql.Error as exc:
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+        finally:
+            conn.close()
+        if row is None or not hmac.compare_digest(str(row[5] or ""), issued_for):
+            return None
+        return Token(row[0], row[1], row[2], float(row[3]), float(row[4]))
+
+    def save(self, token: Token | None, issued_for: str = "") -> None:
+        conn = self._target.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("DELETE FROM token")
+                if token is not None:
+                    cur.execute(
+                        "INSERT INTO token (id, access_token, rest_url, soap_url, obtained_at, expires_at, issued_for)"
+                        " VALUES (1, %s, %s, %s, %s, %s, %s)",
+                        (
+                            token.access_token,
+                            token.rest_url,
+                            token.soap_url,
+                            token.obtained_at,
+                            token.expires_at,
+                            issued_for,
+                        ),
+                    )
+                cur.execute("COMMIT")
+        except pymysql.Error as exc:
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+        finally:
+            conn.close()
+
+
+def schema_version(conn: _Connection) -> int | None:
+    """The schema's number, or None for a database mcnotify never used."""
+    if not conn.raw("SHOW TABLES LIKE 'schema_version'").fetchall():
+        return None
+    row = conn.raw("SELECT version FROM schema_version WHERE id = 1").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+class MySQLStore(StateStore):
+    """The state in a MariaDB/MySQL database. The run lock is a lease row renewed by a heartbeat thread."""
+
+    conn: _Connection  # type: ignore[assignment]  # sqlite3's calls, as far as the inherited SQL uses them
+
+    def __init__(self, target: Target, read_only: bool = False, lease: float = 15.0) -> None:
+        self.target = target
+        self.location = target.location
+        self.path = Path(target.location)  # (Store's `path` is for messages; `location` is what they use)
+        self.memory = False
+        self.read_only = read_only
+        self.lost = False
+        self.lease = lease
+        self._scratch = None
+        self._identity = None
+        self._held_fds = []
+        self._lock_fd = None
+        self._tried_fd = None
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._generation: int | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._stop_heartbeat = threading.Event()
+        self._lease_lost = threading.Event()
+        self.conn = _Connection(target, read_only)
+        try:
+            if read_only:
+                version = schema_version(self.conn)
+                if version is not None and version > len(MIGRATIONS):
+                    raise McnotifyError(f"state database {self.location} is from a newer mcnotify (schema {version})")
+            else:
+                self._migrate()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def migrated(self) -> bool:
+        """Whether the database holds mcnotify's current schema (a dry run previews an empty state otherwise)."""
+        return schema_version(self.conn) == len(MIGRATIONS)
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        # DDL commits implicitly in MySQL: a named lock keeps two processes from migrating at once.
+        self.conn.raw("SELECT GET_LOCK('mcnotify.migrate', 60)")
+        try:
+            version = schema_version(self.conn)
+            if version is None:
+                self.conn.raw("CREATE TABLE schema_version (id INT NOT NULL PRIMARY KEY, version INT NOT NULL)")
+                self.conn.raw("INSERT INTO schema_version (id, version) VALUES (1, 0)")
+                version = 0
+            if version > len(MIGRATIONS):
+                raise McnotifyError(f"state database {self.location} is from a newer mcnotify (schema {version})")
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    self.conn.raw(statement)
+                self.conn.raw("UPDATE schema_version SET version = %s WHERE id = 1", (number,))
+        finally:
+            self.conn.raw("SELECT RELEASE_LOCK('mcnotify.migrate')")
+
+    def close(self) -> None:
+        self.unlock()
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.check_identity()
+        self.conn.execute("BEGIN")
+        self.conn.in_transaction = True
+        try:
+            yield
+            self.check_identity()  # the lease was lost while we wrote: another process may be working
+        except BaseException:
+            self.conn.in_transaction = False
+            with contextlib.suppress(StateDatabaseError):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.in_transaction = False
+        self.conn.execute("COMMIT")
+
+    def check_identity(self) -> None:
+        """Stop when the run lease was lost: another process may hold it now, and this one must not write."""
+        if self._lease_lost.is_set():
+            self.lost = True
+            raise LeaseLost(
+                f"lost the run lease on the state database {self.location} (no heartbeat for {self.lease:g} s);"
+                " stopped without recording more"
+            )
+
+    def probe_write(self) -> None:
+        """Raise unless this process may write to the state (doctor); writes nothing."""
+        with contextlib.suppress(_Rollback), self.transaction():
+            self.conn.execute("UPDATE schema_version SET version = version WHERE id = 1")
+            raise _Rollback
+
+    def lock(self) -> None:
+        """Take the run lease: free, expired (its holder died or froze), or ours already. Otherwise LeaseHeld,
+        naming the holder. The database's clock decides expiry, so hosts' clocks need not agree."""
+        if self._generation is not None:
+            return
+        now_sql = "UNIX_TIMESTAMP(NOW(6))"
+        host, pid = socket.gethostname(), os.getpid()
+        with self.transaction():
+            row = self.conn.execute(
+                f"SELECT holder, host, pid, generation, expires_at, {now_sql} AS now FROM leases WHERE name = ?"
+                " FOR UPDATE",
+                (RUN_LEASE,),
+            ).fetchone()
+            if row is None:
+                generation = 1
+                try:
+                    self.conn.execute(
+                        "INSERT INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at,"
+                        f" expires_at) VALUES (?, ?, ?, ?, ?, {now_sql}, {now_sql}, {now_sql} + ?)",
+                        (RUN_LEASE, self._holder, host, pid, generation, self.lease),
+                    )
+                except StateDatabaseError:  # another process inserted it first
+                    raise LeaseHeld(f"another run took the lease on {self.location} just now; nothing done") from None
+            elif (
+                float(row["expires_at"]) > float(row["now"])
+                and row["holder"] != self._holder
+                and not _dead_here(str(row["host"]), int(row["pid"]))
+            ):
+                left = float(row["expires_at"]) - float(row["now"])
+                raise LeaseHeld(
+                    f"another run holds the lease on {self.location}: pid {row['pid']} on {row['host']}"
+                    f" (lease renewed, {left:.0f} s left); nothing done, the next run goes ahead"
+                )
+            else:
+                generation = int(row["generation"]) + 1
+                self.conn.execute(
+                    f"UPDATE leases SET holder = ?, host = ?, pid = ?, generation = ?, acquired_at = {now_sql},"
+                    f" heartbeat_at = {now_sql}, expires_at = {now_sql} + ? WHERE name = ?",
+                    (self._holder, host, pid, generation, self.lease, RUN_LEASE),
+                )
+        self._generation = generation
+        self._stop_heartbeat.clear()
+        self._heartbeat = threading.Thread(target=self._beat, name="mcnotify-lease", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Renew the lease every lease/3 s on a connection of its own (pymysql connections are not shared
+        between threads). When renewal fails for longer than the lease, the lease is lost: the store stops."""
+        interval = max(0.5, self.lease / 3)
+        renewed = time.monotonic()
+        conn: pymysql.connections.Connection[Any] | None = None
+        while not self._stop_heartbeat.wait(interval):
+            try:
+                if conn is None:
+                    conn = self.target.connect()
+                with conn.cursor() as cur:
+                    matched = cur.execute(
+                        "UPDATE leases SET heartbeat_at = UNIX_TIMESTAMP(NOW(6)),"
+                        " expires_at = UNIX_TIMESTAMP(NOW(6)) + %s WHERE name = %s AND holder = %s AND generation = %s",
+                        (self.lease, RUN_LEASE, self._holder, self._generation),
+                    )
+                if not matched:  # taken over: we were frozen past the lease
+                    log.warning("run lease on %s was taken over by another process", self.location)
+                    self._lease_lost.set()
+                    break
+                renewed = time.monotonic()
+            except (pymysql.Error, StateDatabaseError, OSError) as exc:
+                log.warning("run lease on %s not renewed: %s", self.location, _why(exc))
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+                if time.monotonic() - renewed > self.lease:
+                    self._lease_lost.set()
+                    break
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def unlock(self) -> None:
+        """Stop the heartbeat and give the lease up at once (the next run need not wait for it to expire)."""
+        if self._generation is None:
+            return
+        self._stop_heartbeat.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5)
+        if not self._lease_lost.is_set():
+            with contextlib.suppress(McnotifyError):
+                self.conn.execute(
+                    "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ? AND generation = ?",
+                    (RUN_LEASE, self._holder, self._generation),
+                )
+        self._generation = None
+
+    @property
+    def generation(self) -> int | None:
+        """The run lease's generation while this store holds it (the fencing token for issue 13's next part)."""
+        return self._generation
+
+    def token_cache(self) -> MySQLTokenCache | NoTokenCache:  # type: ignore[override]
+        return NoTokenCache() if self.read_only else MySQLTokenCache(self.target)
+
+    # -- meta: `key` is a reserved word -------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE `key` = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (`key`, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
+            (key, json.dumps(value)),
+        )
+
+    def forget_import_start(self, batch_id: int, import_status: str | None = None) -> None:
+        self.conn.execute("DELETE FROM meta WHERE `key` = ?", (f"import.start_attempt.{batch_id}",))
+        self.update_batch(batch_id, import_status=import_status)
+
+    # -- batches: `rows` is a reserved word ---------------------------------------------------------------
+    def update_batch(self, batch_id: int, **fields: Any) -> None:
+        cols = ", ".join(f"`{k}` = ?" for k in fields)
+        self.conn.execute(f"UPDATE batches SET {cols} WHERE id = ?", (*fields.values(), batch_id))
+
+    def add_claimed_counts(self, batch_id: int, rows: int, invalid: int) -> None:
+        self.conn.execute(
+            "UPDATE batches SET `rows` = `rows` + ?, invalid = invalid + ? WHERE id = ?", (rows, invalid, batch_id)
+        )
+
+    # -- steps: upserts -----------------------------------------------------------------------------------
+    def step_started(self, batch_id: int, step: str) -> None:
+        self.conn.execute(
+            "INSERT INTO steps (batch_id, step, status, started_at) VALUES (?, ?, ?, ?) "
+            "ON DUPLICATE KEY UPDATE status = VALUES(status),"
+            " started_at = COALESCE(started_at, VALUES(started_at)), finished_at = NULL",
+            (batch_id, step, StepStatus.RUNNING, time.time()),
+        )
+
+    def step_finished(self, batch_id: int, step: str, status: str, detail: str | None = None) -> None:
+        now = time.time()
+        self.conn.execute(
+            "INSERT INTO steps (batch_id, step, status, started_at, finished_at, detail) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON DUPLICATE KEY UPDATE status = VALUES(status), finished_at = VALUES(finished_at),"
+            " detail = VALUES(detail)",
+            (batch_id, step, status, now, now, detail),
+        )
+
+    # -- claiming: updates that read their own table go through a derived table (MySQL error 1093) --------
+    @staticmethod
+    def _newest(where: str) -> str:
+        """A derived table: per subscriber key, the (address, batch_id) of its newest row matching `where`."""
+        return (
+            "(SELECT x.subscriber_key, x.address, x.batch_id FROM notifications AS x JOIN"
+            f" (SELECT MAX(seq) AS seq FROM notifications WHERE {where} GROUP BY subscriber_key) AS m"
+            " ON x.seq = m.seq)"
+        )
+
+    def resolve_email_conflicts(self, batch_id: int) -> list[str]:
+        keys = [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT subscriber_key FROM notifications WHERE {self._SENDABLE_EMAIL}"
+                " GROUP BY subscriber_key HAVING COUNT(DISTINCT address) > 1",
+                (batch_id,),
+            )
+        ]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            newest = self._newest(f"{self._SENDABLE_EMAIL} AND subscriber_key IN ({marks})")
+            self.conn.execute(
+                f"UPDATE notifications AS n JOIN {newest} AS newest ON newest.subscriber_key = n.subscriber_key"
+                " SET n.address = newest.address"
+                f" WHERE n.batch_id = ? AND n.channel = 'email' AND n.status NOT IN {_UNSENDABLE}"
+                f" AND n.subscriber_key IN ({marks})",
+                (batch_id, *chunk, batch_id, *chunk),
+            )
+        return keys
+
+    def adopt_older_pending_emails(self, batch_id: int) -> list[str]:
+        moved = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT older.subscriber_key FROM notifications AS older"
+                f" WHERE older.status = '{Delivery.PENDING}' AND older.channel = 'email' AND older.batch_id < ?"
+                " AND EXISTS (SELECT 1 FROM notifications AS newer WHERE newer.batch_id = ?"
+                "  AND newer.channel = 'email' AND newer.subscriber_key = older.subscriber_key"
+                f"  AND newer.status NOT IN {_UNSENDABLE} AND newer.address != older.address)",
+                (batch_id, batch_id),
+            )
+        ]
+        for start in range(0, len(moved), 500):
+            chunk = moved[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            newest = self._newest(
+                f"batch_id = ? AND channel = 'email' AND status NOT IN {_UNSENDABLE} AND subscriber_key IN ({marks})"
+            )
+            self.conn.execute(
+                f"UPDATE notifications AS n JOIN {newest} AS newest ON newest.subscriber_key = n.subscriber_key"
+                " SET n.batch_id = ?, n.updated_at = ?, n.address = newest.address"
+                f" WHERE n.batch_id < ? AND n.channel = 'email' AND n.status = '{Delivery.PENDING}'"
+                f" AND n.subscriber_key IN ({marks})",
+                (batch_id, *chunk, batch_id, time.time(), batch_id, *chunk),
+            )
+        return sorted(moved)
+
+    def subscribers(self, batch_id: int, new_only: bool = False) -> Iterator[tuple[str, str]]:
+        # SQLite reads the address of the MAX(seq) row beside the aggregate; MySQL needs the join.
+        unknown = f" AND NOT {self._KNOWN}" if new_only else ""
+        for key, address in self.conn.execute(
+            "SELECT n.subscriber_key, n.address FROM notifications AS n JOIN"
+            f" (SELECT MAX(seq) AS seq FROM notifications WHERE {self._SENDABLE_EMAIL}{unknown}"
+            "  GROUP BY subscriber_key) AS m ON n.seq = m.seq ORDER BY n.subscriber_key",
+            (batch_id,),
+        ):
+            yield str(key), str(address)
+
+    # -- the contact ledger -------------------------------------------------------------------------------
+    def learn_batch_contacts(self, batch_id: int) -> int:
+        newest = (
+            f"SELECT n.subscriber_key, n.address, CONCAT('import of batch ', n.batch_id), ? FROM notifications AS n"
+            f" JOIN (SELECT MAX(seq) AS seq FROM notifications WHERE {self._SENDABLE_EMAIL}"
+            " GROUP BY subscriber_key) AS m ON n.seq = m.seq"
+        )
+        count = self.conn.execute(
+            f"SELECT COUNT(DISTINCT subscriber_key) FROM notifications WHERE {self._SENDABLE_EMAIL}", (batch_id,)
+        ).fetchone()
+        self.conn.execute(
+            f"INSERT INTO contacts (subscriber_key, email, learned_from, updated_at) {newest}"
+            " ON DUPLICATE KEY UPDATE email = VALUES(email), learned_from = VALUES(learned_from),"
+            " updated_at = VALUES(updated_at)",
+            (time.time(), batch_id),
+        )
+        return int(count[0]) if count else 0
+
+    def learn_contact(self, subscriber_key: str, email: str, learned_from: str) -> None:
+        self.conn.execute(
+            "INSERT INTO contacts (subscriber_key, email, learned_from, updated_at) VALUES (?, ?, ?, ?)"
+            " ON DUPLICATE KEY UPDATE email = VALUES(email), learned_from = VALUES(learned_from),"
+            " updated_at = VALUES(updated_at)",
+            (subscriber_key, email, learned_from, time.time()),
+        )
+
+    # -- sending ------------------------------------------------------------------------------------------
+    def work(
+        self,
+        batch_id: int,
+        channel: str,
+        statuses: Sequence[str],
+        template: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+        known_only: bool = False,
+    ) -> list[Notification]:
+        return super().work(batch_id, channel, statuses, template, after, _NO_LIMIT if limit < 0 else limit, known_only)
+
+    def readdress_to_newest(self, batch_id: int) -> int:
+        mine = f"n.batch_id = ? AND n.channel = 'email' AND n.status = '{Delivery.PENDING}'"
+        # Only the keys this batch has pending: the later rows of other keys do not matter here.
+        newest = self._newest(
+            f"channel = 'email' AND status NOT IN {_UNSENDABLE} AND batch_id > ? AND subscriber_key IN"
+            f" (SELECT subscriber_key FROM notifications WHERE batch_id = ? AND channel = 'email'"
+            f"  AND status = '{Delivery.PENDING}')"
+        )
+        cur = self.conn.execute(
+            f"UPDATE notifications AS n JOIN {newest} AS newest ON newest.subscriber_key = n.subscriber_key"
+            f" SET n.address = newest.address, n.updated_at = ? WHERE {mine} AND n.address != newest.address",
+            (batch_id, batch_id, time.time(), batch_id),
+        )
+        changed = max(cur.rowcount, 0)
+        self.conn.execute(
+            f"UPDATE notifications AS n JOIN {newest} AS newest ON newest.subscriber_key = n.subscriber_key"
+            " JOIN batches AS b ON b.id = newest.batch_id"
+            f" SET n.batch_id = newest.batch_id WHERE {mine} AND b.status IN {_NOT_YET_IMPORTED}",
+            (batch_id, batch_id, batch_id),
+        )
+        return changed
+
+    # -- views --------------------------------------------------------------------------------------------
+    def latency_histogram(self, bounds: Sequence[float]) -> dict[str, tuple[list[int], int, float]]:
+        cases = ", ".join(f"SUM(d <= {float(b)!r})" for b in bounds)
+        out: dict[str, tuple[list[int], int, float]] = {}
+        for row in self.conn.execute(
+            f"SELECT channel, {cases}, COUNT(*), COALESCE(SUM(d), 0) FROM (SELECT channel,"
+            " GREATEST(0, sent_at - event_at) AS d FROM notifications"
+            " WHERE sent_at IS NOT NULL AND event_at IS NOT NULL) AS t GROUP BY channel"
+        ):
+            out[str(row[0])] = ([int(x or 0) for x in row[1:-2]], int(row[-2]), float(row[-1]))
+        return out
+
+    def bad_message_keys(self, channels: Sequence[str]) -> tuple[int, int | None]:
+        row = self.conn.execute(
+            f"SELECT count(*), min(batch_id) FROM notifications WHERE status IN {_OPEN}"
+            f" AND channel IN ({','.join('?' * len(channels))}) AND message_key IS NOT NULL"
+            f" AND {_INVALID_MESSAGE_KEY}",
+            tuple(channels),
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), None if row[1] is None else int(row[1])
+
+
+class _Rollback(Exception):
+    """Ends probe_write's transaction without committing anything."""
+
+
+if TYPE_CHECKING:
+    _: type[Store] = MySQLStore  # mypy checks that the MySQL store implements the whole interface
