@@ -206,3 +206,13 @@ def test_the_configmaps_config_parses(manifests: dict[str, list[dict[str, Any]]]
         pytest.skip("!!! [state] url is not in this mcnotify yet (issue 13): the MariaDB target NOT parsed")
     url = manifests["secret.example.yaml"][1]["stringData"]["url"]
     parse(raw, environ={**env, "MCNOTIFY_STATE_URL": url})
+
+
+def test_the_docs_name_every_file_and_say_what_was_not_built() -> None:
+    docs = " ".join((ROOT / "deploy" / "README.md").read_text().split())
+    assert "has **not** been built" in docs and "`docker info`" in docs
+    for path in sorted(KUBE.rglob("*.yaml")):
+        assert path.name in docs or f"{path.parent.name}/" in docs, path
+    for needle in ("replicas: 1", "strategy: Recreate", "MCNOTIFY_STATE_URL", "mcnotify-liveness", "Several replicas"):
+        assert needle in docs, needle
+    assert "](deploy/README.md)" in (ROOT / "README.md").read_text()
