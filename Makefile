@@ -31,7 +31,7 @@ test-state-mysql: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mcnotify tests scripts $(wildcard bench)
 	$(BIN)/ruff format --check mcnotify tests scripts $(wildcard bench)
-	$(BIN)/mypy mcnotify tests scripts/build_dist.py scripts/freeze_constraints.py
+	$(BIN)/mypy mcnotify tests scripts/build_dist.py scripts/freeze_constraints.py scripts/container_liveness.py
 
 # After upgrading a dependency in .venv (and `make test` passing): pin what the venv now holds.
 constraints: $(STAMP)
