@@ -588,7 +588,7 @@ def _credential_name(value: str) -> tuple[str, bool] | None:
     for prefix in CREDENTIAL_PREFIXES:
         if value.startswith(prefix):
             return value[len(prefix) :], True
-    if value.startswith(("/", ".", "~")):
+    if value.startswith(("/", ".", "~")) or "/" in value:  # a folder in it: a (relative) path, not a name
         return None
     return value, False
 
@@ -602,7 +602,7 @@ def resolve_file(value: str, where: str, environ: Mapping[str, str]) -> str:
         return str(Path(value).expanduser())
     name, explicit = named
     shown = f"credential {name!r}" if explicit else 'the credential (a bare name, not shown; write "credential:NAME")'
-    if not name or name.startswith("/") or ".." in Path(name).parts:
+    if not name or "/" in name or name in (".", ".."):  # systemd credential names are plain file names
         raise ConfigError(f"{where}: {shown} is not a credential name (a file name such as mc_client_secret)")
     places = credential_dirs(environ)
     for _, folder in places:

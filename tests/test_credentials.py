@@ -102,8 +102,12 @@ def test_the_old_per_unit_path_says_what_to_write_instead() -> None:
         parse(config, environ={})
 
 
-def test_a_credential_name_cannot_leave_its_folder(tmp_path: Path) -> None:
-    config = base(marketing_cloud={"client_secret_file": "credential:../../etc/shadow"})
+@pytest.mark.parametrize("name", ["../../etc/shadow", "sub/x", "..", "%d/../x"])
+def test_a_credential_name_cannot_leave_its_folder(tmp_path: Path, name: str) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x").write_text("secret-in-a-subfolder\n")
+    value = name if name.startswith("%d/") else f"credential:{name}"
+    config = base(marketing_cloud={"client_secret_file": value})
     with pytest.raises(ConfigError, match="is not a credential name"):
         parse(config, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
