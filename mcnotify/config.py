@@ -672,6 +672,8 @@ def _build_section(
         if file_key in given:
             file_path = _coerce(given[file_key], str, f"{label} {file_key}")
             value = _read_secret_file(file_path, f"{label} {file_key}", spec.secret, environ)
+            if not value and spec.required:  # say which file, not only that the key is missing
+                raise ConfigError(f"{label} {file_key}: the file it names is empty")
         if value is None or value == "":
             if spec.required:
                 raise ConfigError(f"{where} is required")

@@ -160,3 +160,10 @@ def test_every_unit_loads_the_same_credentials_the_example_names() -> None:
     used |= set(re.findall(r'^key_file = "credential:([A-Za-z0-9_.-]+)"', example, re.MULTILINE))
     assert used >= {"mc_client_secret", "mysql_password", "sftp_key"}
     assert sorted(expected) == sorted(f"LoadCredential={n}:/etc/mcnotify/credentials/{n}" for n in used)
+
+
+def test_an_empty_credential_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "mc_client_secret").write_text("\n")
+    config = base(marketing_cloud={"client_secret_file": "credential:mc_client_secret"})
+    with pytest.raises(ConfigError, match=r"client_secret_file: the file it names is empty"):
+        parse(config, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
