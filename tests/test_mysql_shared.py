@@ -61,7 +61,7 @@ def test_the_pipeline_has_one_owner_and_a_frozen_one_cannot_write_once_taken_ove
             a.set_meta("source.watermark", 1)
         time.sleep(LEASE + 0.5)  # the heartbeat keeps it
         assert not b.take_pipeline()
-        assert b.pipeline_owner() == {**(b.pipeline_owner() or {}), "generation": 1}
+        assert (b.pipeline_owner() or {}).get("generation") == 1
         _freeze(a)
         deadline = time.monotonic() + LEASE + 2
         while not b.take_pipeline():
