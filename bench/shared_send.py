@@ -82,7 +82,7 @@ def main() -> None:
                 workdir = Path(tmp)
                 sandbox, base = bench.start_sandbox(workdir, args.latency_ms, import_lag=0.2)
                 try:
-                    source = workdir / "app.sqlite"
+                    source = workdir / "bench_source.sqlite"
                     bench.sqlite_source(source, args.messages, args.messages)
                     config = bench.configure(base, workdir, f"sqlite:///{source}", args.messages)
                     state: Path | str = workdir / "state.db"

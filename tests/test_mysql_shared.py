@@ -191,3 +191,20 @@ def test_three_followers_one_killed_one_frozen_deliver_everything_exactly_once(
     after = procs[frozen][1].read_text()[woke_at:].split("owns the import pipeline")[0]
     assert "taken over by another process" in after or "lost the import pipeline" in after, after[-2000:]
     assert "uploading" not in after and "started import" not in after, after[-2000:]
+
+
+def test_one_token_for_all_processes_and_a_refresh_by_one_is_seen_by_the_others(env: Env, state_db: str) -> None:
+    from mcnotify.mc.auth import TokenProvider
+    from mcnotify.state.mysql import MySQLTokenCache
+    from tests.test_secrets import mc_section
+
+    MySQLStore(Target.from_url(state_db)).close()  # the schema
+    section = mc_section(env.sandbox.url, secret=env.values["marketing_cloud"]["client_secret"])
+    a, b = (TokenProvider(section, MySQLTokenCache(Target.from_url(state_db))) for _ in range(2))
+    first = a.get()
+    assert b.get() == first and b.requests_made == 0  # the second process reuses the first one's token
+    a.invalidate(first)  # MC answered 401 to a: it gets a new token, kept for all
+    second = a.get()
+    assert second.access_token != first.access_token and a.requests_made == 2
+    b.invalidate(first)  # b's next request also gets a 401 for the old one: it takes a's new token
+    assert b.get() == second and b.requests_made == 0

@@ -160,13 +160,16 @@ def _chunks(
         if not _configured(ctx, template, channel):
             continue
         after = 0
+        # Sharing the state, a claim is a few calls' worth: large enough to cost the database little, small
+        # enough that the other followers get their share of a batch.
+        pages = 4 if ctx.store.shared else 20
         while page := ctx.store.claim_work(  # claimed for this process when several share the state
             batch_id,
             channel,
             (PENDING, SENDING),
             template=template,
             after=after,
-            limit=size * 20,
+            limit=size * pages,
             known_only=known_only,
         ):
             after = page[-1].seq
