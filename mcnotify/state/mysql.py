@@ -32,7 +32,7 @@ import pymysql.converters
 from mcnotify.config import hide_userinfo
 from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost
 from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
-from mcnotify.state.interface import Notification, Store
+from mcnotify.state.interface import Notification, Outcome, Store
 from mcnotify.state.mysql_schema import MIGRATIONS
 from mcnotify.state.states import NOT_YET_IMPORTED, OPEN, UNSENDABLE, Delivery, StepStatus, sql_list
 from mcnotify.state.store import StateFileLost, StateStore
@@ -724,6 +724,21 @@ class MySQLStore(StateStore):
             (status, time.time(), *seqs, self._holder),
         )
         return max(cur.rowcount, 0)
+
+    def record(self, outcomes: Iterable[Outcome]) -> None:
+        """One UPDATE per distinct outcome (a call's results are mostly alike: one statement for 500 rows);
+        pymysql's executemany would make a round trip per row, and the database would be the bottleneck."""
+        now = time.time()
+        groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+        for o in outcomes:
+            groups.setdefault((o.status, o.error_code, o.reason), []).append(o.seq)
+        for (status, code, reason), seqs in groups.items():
+            sent_at = "?" if status == Delivery.SENT else "sent_at"
+            self.conn.execute(
+                f"UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?, sent_at = {sent_at}"
+                f" WHERE seq IN ({','.join('?' * len(seqs))})",
+                (status, code, reason, now, *((now,) if status == Delivery.SENT else ()), *seqs),
+            )
 
     def release_claims(self) -> None:
         if self.role is not None:
