@@ -33,6 +33,11 @@ class LeaseHeld(LockHeld):
     """The state database's run lease is held by a live process; the message names it."""
 
 
+class PipelineLost(TemporaryError):
+    """Another process took the import pipeline over (this one froze or lost the database past the lease): the
+    cycle stops before writing or uploading anything more; the follower carries on sending."""
+
+
 class ImportPending(TemporaryError):
     pass
 

@@ -138,6 +138,9 @@ def status(store: Store, limit: int = 10, templates: Mapping[str, Template] | No
         "totals": totals,
         "unknown": {"count": sum(unknown.values()), "why": UNKNOWN_WHY if unknown else "", "reasons": unknown},
         "follower": follower_view(store.get_meta("follower")),
+        # Several processes on one database (MariaDB): each with its last heartbeat, and the pipeline's owner.
+        "processes": store.processes(),
+        "pipeline_owner": store.pipeline_owner(),
         # The last hour's event -> accepted, per channel (what a member felt), and how late the oldest waits.
         "latency_last_hour": store.latency(since=time.time() - 3600),
         "oldest_pending_seconds": _age(store.oldest_pending_event()),

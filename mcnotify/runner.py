@@ -34,7 +34,10 @@ def open_context(
     lock: bool = True,
     progress: Callable[[str], None] | None = None,
     meter: Callable[[str, int, int], None] | None = None,
+    role: str | None = None,
 ) -> Iterator[Context]:
+    """`role`: a follower registers as one of the processes sharing the state instead of taking the run lock
+    (on SQLite that is the run lock: one process per file)."""
     store = open_store(settings, read_only=dry_run)
     ctx = Context(settings, store, dry_run=dry_run)
     if progress:
@@ -43,10 +46,12 @@ def open_context(
         ctx.meter = meter
     try:
         if lock and not dry_run:
-            _lock(store)
+            _lock(store, role)
             # Steps left "running" by a process that was killed: nobody else holds the lock, so none runs now.
-            with store.transaction():
-                store.end_running_steps(StepStatus.INTERRUPTED, "its process ended without recording how (killed?)")
+            # (Followers sharing a database: the others' steps may be running now.)
+            if not store.shared:
+                with store.transaction():
+                    store.end_running_steps(StepStatus.INTERRUPTED, "its process ended without recording how (killed?)")
         yield ctx
     finally:
         ctx.close()
@@ -58,7 +63,7 @@ PIPELINE = frozenset(("sync", "wait-import", "send-email", "send-sms", "run-all"
 LOCK_WAIT = "MCNOTIFY_LOCK_WAIT"  # seconds to wait for a held lock (the chained send units: one after the other)
 
 
-def _lock(store: Store) -> None:
+def _lock(store: Store, role: str | None = None) -> None:
     """Take the run lock; with MCNOTIFY_LOCK_WAIT set, wait that long for a run that holds it (a stop request
     ends the wait). Otherwise, or when the wait runs out: exit 75, naming the holder."""
     from mcnotify import stop
@@ -70,7 +75,7 @@ def _lock(store: Store) -> None:
     deadline = time.monotonic() + wait
     while True:
         try:
-            store.lock()
+            store.register(role) if role else store.lock()
             return
         except LockHeld as exc:
             if time.monotonic() >= deadline:
@@ -129,9 +134,10 @@ def execute(
     dry_run: bool = False,
     progress: Callable[[str], None] | None = None,
     meter: Callable[[str, int, int], None] | None = None,
+    role: str | None = None,
 ) -> T:
     logs.set_command(command)
-    with open_context(settings, dry_run=dry_run, progress=progress, meter=meter) as ctx:
+    with open_context(settings, dry_run=dry_run, progress=progress, meter=meter, role=role) as ctx:
         if dry_run:
             return _state_errors(settings, lambda: action(ctx))
         run_id = ctx.store.run_started(command)
@@ -183,11 +189,12 @@ def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | Non
             130: (StepStatus.STOPPED, error or "stopped"),
             143: (StepStatus.STOPPED, error or "stopped"),
         }.get(code, (StepStatus.FAILED, error or f"exit code {code}"))
-        with (
-            contextlib.suppress(sqlite3.Error, McnotifyError),
-            ctx.store.transaction(),
-        ):  # (the failure may be the state)
-            ctx.store.end_running_steps(ended, why)
+        if not ctx.store.shared:  # followers sharing a database: the others' steps may be running
+            with (
+                contextlib.suppress(sqlite3.Error, McnotifyError),
+                ctx.store.transaction(),
+            ):  # (the failure may be the state)
+                ctx.store.end_running_steps(ended, why)
         ctx.store.run_finished(run_id, code, error, counts)
     try:
         if command in PIPELINE:  # an operator's own retry or skip that fails is told on the terminal, not paged

@@ -188,12 +188,14 @@ class Application:
             if meter is not None:
                 meter.close()
 
-    def run(self, command: str, action: Callable[[Context], T], dry_run: bool) -> T:
+    def run(self, command: str, action: Callable[[Context], T], dry_run: bool, role: str | None = None) -> T:
         """A step as a recorded run: the config, the lock, the run record and the hooks (see runner.execute)."""
         from mcnotify.runner import execute
 
         settings = self.settings()
-        return self.run_with_meter(lambda meter: execute(settings, command, action, dry_run=dry_run, meter=meter))
+        return self.run_with_meter(
+            lambda meter: execute(settings, command, action, dry_run=dry_run, meter=meter, role=role)
+        )
 
     def read_only(self, build: Callable[[Context], T]) -> T:
         """Run a view against the state without taking the lock or recording a run."""

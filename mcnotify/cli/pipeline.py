@@ -68,7 +68,7 @@ def run_all(
 
         if dry_run or no_wait:
             cli.fail("--follow cannot be combined with --dry-run or --no-wait", EXIT_USAGE)
-        render_follow(cli, cli.run("run-all", following.run, False))
+        render_follow(cli, cli.run("run-all", following.run, False, role=following.ROLE))
         return
     from mcnotify.steps import run_all as step
 

@@ -173,6 +173,19 @@ def render_status(cli: Application, data: dict[str, Any]) -> None:
             + ("stopped" if f.get("stopped") else f"waiting for {f['waiting_for']}"),
             markup=False,
         )
+    if data.get("processes"):
+        owner = data.get("pipeline_owner")
+        out.print(
+            "import pipeline: "
+            + (f"{owner['host']} pid {owner['pid']} (generation {owner['generation']})" if owner else "no owner now"),
+            markup=False,
+        )
+        for p in data["processes"]:
+            out.print(
+                f"  {p['role']} {p['host']} pid {p['pid']} · since {when(p['started_at'])} · last heartbeat"
+                f" {p['heartbeat_age']:.1f}s ago" + ("" if p["fresh"] else " (stale: dead or frozen?)"),
+                markup=False,
+            )
     for channel, lat in sorted((data.get("latency_last_hour") or {}).items()):
         out.print(
             f"latency, last hour, {channel}: p50 {lat['p50']:.1f}s · p95 {lat['p95']:.1f}s · max {lat['max']:.1f}s"

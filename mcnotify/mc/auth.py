@@ -64,6 +64,7 @@ class TokenProvider:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: Token | None = None
+        self._refused: str | None = None  # the access token MC last refused (never taken from the cache again)
         self._issued_for = issued_for(section)
         self.requests_made = 0
 
@@ -78,7 +79,9 @@ class TokenProvider:
         with self._lock:
             if not self._fresh(self._token):
                 cached = self._cache.load(self._issued_for)
-                self._token = cached if self._fresh(cached) else self._request()
+                # Another process sharing the state may have replaced a token MC refused: use its new one.
+                usable = self._fresh(cached) and cached is not None and cached.access_token != self._refused
+                self._token = cached if usable else self._request()
                 if self._token is not cached:
                     self._cache.save(self._token, self._issued_for)
             assert self._token is not None
@@ -96,7 +99,11 @@ class TokenProvider:
         with self._lock:
             if self._token is not None and self._token.access_token == token.access_token:
                 self._token = None
-                self._cache.save(None)
+                self._refused = token.access_token
+                # Only the refused token: one that another process already got in its place stays for all.
+                cached = self._cache.load(self._issued_for)
+                if cached is None or cached.access_token == token.access_token:
+                    self._cache.save(None)
 
     def _request(self) -> Token:
         s = self._section

@@ -23,7 +23,7 @@ def _refuse_unless_empty(target: Target) -> None:
         with conn.cursor() as cur:
             cur.execute("SHOW TABLES")
             tables = {str(r[0]) for r in cur.fetchall()}
-            foreign = sorted(tables - {*TABLES, "schema_version", "leases"})
+            foreign = sorted(tables - {*TABLES, "schema_version", "leases", "processes"})
             if foreign:
                 raise ConfigError(
                     f"state database {target.location} is not empty (it holds table {foreign[0]});"

@@ -30,9 +30,9 @@ import pymysql.constants.FIELD_TYPE
 import pymysql.converters
 
 from mcnotify.config import hide_userinfo
-from mcnotify.errors import LeaseHeld, McnotifyError
+from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost
 from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
-from mcnotify.state.interface import Notification, Store
+from mcnotify.state.interface import Notification, Outcome, Store
 from mcnotify.state.mysql_schema import MIGRATIONS
 from mcnotify.state.states import NOT_YET_IMPORTED, OPEN, UNSENDABLE, Delivery, StepStatus, sql_list
 from mcnotify.state.store import StateFileLost, StateStore
@@ -58,6 +58,9 @@ _SESSION = (
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
 )
 RUN_LEASE = "run"
+PIPELINE_LEASE = "pipeline"  # the import pipeline (claiming, the subscriber file, the import): one owner at a time
+FOLLOWER = "follower"
+_NOW = "UNIX_TIMESTAMP(NOW(6))"  # the database's clock decides every expiry: hosts' clocks need not agree
 _NO_LIMIT = 18446744073709551615  # MySQL's "no LIMIT" (SQLite's LIMIT -1)
 
 
@@ -350,6 +353,10 @@ class MySQLStore(StateStore):
         self._heartbeat: threading.Thread | None = None
         self._stop_heartbeat = threading.Event()
         self._lease_lost = threading.Event()
+        self.role: str | None = None  # registered as a process sharing the state (a follower)
+        self._pipeline: int | None = None  # the pipeline lease's generation while this process owns it
+        self._pipeline_lost = threading.Event()
+        self._fence = 0  # inside fenced(): every transaction checks the pipeline lease first
         self.conn = _Connection(target, read_only)
         try:
             if read_only:
@@ -395,6 +402,10 @@ class MySQLStore(StateStore):
         self.conn.execute("BEGIN")
         self.conn.in_transaction = True
         try:
+            if self._fence:
+                # The fencing token, in the very transaction: the shared lock on the lease row keeps a takeover
+                # (which updates that row) waiting until this commits, so what passed here stays true at COMMIT.
+                self._check_pipeline("LOCK IN SHARE MODE")
             yield
             self.check_identity()  # the lease was lost while we wrote: another process may be working
         except BaseException:
@@ -455,19 +466,32 @@ class MySQLStore(StateStore):
                 )
             else:
                 generation = int(row["generation"]) + 1
+            if follower := self._live_follower():
+                raise LeaseHeld(
+                    f"followers work on {self.location} (pid {follower[1]} on {follower[0]}, and maybe more);"
+                    " nothing done, they keep the chain moving"
+                )
+            if row is not None:
                 self.conn.execute(
                     f"UPDATE leases SET holder = ?, host = ?, pid = ?, generation = ?, acquired_at = {now_sql},"
                     f" heartbeat_at = {now_sql}, expires_at = {now_sql} + ? WHERE name = ?",
                     (self._holder, host, pid, generation, self.lease, RUN_LEASE),
                 )
         self._generation = generation
+        self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
         self._stop_heartbeat.clear()
         self._heartbeat = threading.Thread(target=self._beat, name="mcnotify-lease", daemon=True)
         self._heartbeat.start()
 
     def _beat(self) -> None:
-        """Renew the lease every lease/3 s on a connection of its own (pymysql connections are not shared
-        between threads). When renewal fails for longer than the lease, the lease is lost: the store stops."""
+        """Every lease/3 s on a connection of its own (pymysql connections are not shared between threads): renew
+        the run lease, or, for a follower, its process row, its pipeline lease and its send claims. A run lease
+        that cannot be renewed for longer than the lease is lost: the store stops. A follower only loses the
+        pipeline (its fenced writes refuse) and keeps retrying: the database may be restarting."""
         interval = max(0.5, self.lease / 3)
         renewed = time.monotonic()
         conn: pymysql.connections.Connection[Any] | None = None
@@ -476,36 +500,309 @@ class MySQLStore(StateStore):
                 if conn is None:
                     conn = self.target.connect()
                 with conn.cursor() as cur:
-                    matched = cur.execute(
-                        "UPDATE leases SET heartbeat_at = UNIX_TIMESTAMP(NOW(6)),"
-                        " expires_at = UNIX_TIMESTAMP(NOW(6)) + %s WHERE name = %s AND holder = %s AND generation = %s",
+                    if self._generation is not None and not cur.execute(
+                        f"UPDATE leases SET heartbeat_at = {_NOW}, expires_at = {_NOW} + %s"
+                        " WHERE name = %s AND holder = %s AND generation = %s",
                         (self.lease, RUN_LEASE, self._holder, self._generation),
-                    )
-                if not matched:  # taken over: we were frozen past the lease
-                    log.warning("run lease on %s was taken over by another process", self.location)
-                    self._lease_lost.set()
-                    break
+                    ):  # taken over: we were frozen past the lease
+                        log.warning("run lease on %s was taken over by another process", self.location)
+                        self._lease_lost.set()
+                        break
+                    if self.role is not None:
+                        self._beat_shared(cur)
                 renewed = time.monotonic()
             except (pymysql.Error, StateDatabaseError, OSError) as exc:
-                log.warning("run lease on %s not renewed: %s", self.location, _why(exc))
+                log.warning("lease on %s not renewed: %s", self.location, _why(exc))
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
                     conn = None
-                if time.monotonic() - renewed > self.lease:
+                if self._generation is not None and time.monotonic() - renewed > self.lease:
                     self._lease_lost.set()
                     break
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    def _beat_shared(self, cur: Any) -> None:
+        cur.execute(
+            f"INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at) VALUES (%s, %s, %s, %s, {_NOW},"
+            f" {_NOW}) ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
+            (self._holder, socket.gethostname(), os.getpid(), self.role),
+        )
+        generation = self._pipeline
+        if (
+            generation is not None
+            and not self._pipeline_lost.is_set()
+            and not cur.execute(
+                f"UPDATE leases SET heartbeat_at = {_NOW}, expires_at = {_NOW} + %s"
+                " WHERE name = %s AND holder = %s AND generation = %s",
+                (self.lease, PIPELINE_LEASE, self._holder, generation),
+            )
+        ):
+            log.warning("the import pipeline on %s was taken over by another process", self.location)
+            self._pipeline_lost.set()
+        # Claims live as long as their holder: a dead or frozen one's expire within the lease.
+        cur.execute(
+            f"UPDATE notifications SET claim_expires = {_NOW} + %s WHERE claim_holder = %s",
+            (self.lease, self._holder),
+        )
+
+    # -- several processes on one database ----------------------------------------------------------------
+    @property
+    def shared(self) -> bool:  # type: ignore[override]  # (a plain attribute on the SQLite store)
+        return self.role is not None
+
+    def _live_follower(self) -> tuple[str, int] | None:
+        """A follower whose heartbeat is fresh (and, on this host, whose process lives), if any."""
+        for row in self.conn.execute(
+            f"SELECT host, pid FROM processes WHERE role = ? AND heartbeat_at > {_NOW} - ? AND holder != ?",
+            (FOLLOWER, self.lease, self._holder),
+        ):
+            if not _dead_here(str(row[0]), int(row[1])):
+                return str(row[0]), int(row[1])
+        return None
+
+    def register(self, role: str) -> None:
+        """Join the processes sharing this database (a follower): no run lease, but refused (75) while a
+        one-shot run holds it. The run lease row is locked meanwhile, so a one-shot and a follower never both
+        start."""
+        host, pid = socket.gethostname(), os.getpid()
+        with self.transaction():
+            row = self.conn.execute(
+                f"SELECT holder, host, pid, expires_at > {_NOW} AS held FROM leases WHERE name = ? FOR UPDATE",
+                (RUN_LEASE,),
+            ).fetchone()
+            if row is None:
+                with contextlib.suppress(StateDatabaseError):  # another process inserted it first: it is free
+                    self.conn.execute(
+                        "INSERT INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at,"
+                        " expires_at) VALUES (?, '', '', 0, 0, 0, 0, 0)",
+                        (RUN_LEASE,),
+                    )
+            elif row["held"] and row["holder"] != self._holder and not _dead_here(str(row["host"]), int(row["pid"])):
+                raise LeaseHeld(
+                    f"a run holds the lease on {self.location}: pid {row['pid']} on {row['host']};"
+                    " the follower starts once it is done"
+                )
+            self.conn.execute(
+                "INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at)"
+                f" VALUES (?, ?, ?, ?, {_NOW}, {_NOW}) ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
+                (self._holder, host, pid, role),
+            )
+            # Rows of processes gone for a day: status need not list them for ever.
+            self.conn.execute(f"DELETE FROM processes WHERE heartbeat_at < {_NOW} - 86400")
+        self.role = role
+        self._start_heartbeat()
+
+    def take_pipeline(self) -> bool:
+        """Own the import pipeline: ours already, free, or expired (its owner died or froze: on this host a
+        dead owner frees it at once). A new owner raises the generation, the fencing token of its writes."""
+        if self.role is None:  # a one-shot run holds the run lease: the pipeline is its alone
+            return True
+        if self._pipeline is not None and not self._pipeline_lost.is_set():
+            return True
+        self._pipeline = None
+        host, pid = socket.gethostname(), os.getpid()
+        with self.transaction():
+            row = self.conn.execute(
+                f"SELECT holder, host, pid, generation, expires_at > {_NOW} AS held FROM leases WHERE name = ?"
+                " FOR UPDATE",
+                (PIPELINE_LEASE,),
+            ).fetchone()
+            if row is None:
+                generation = 1
+                try:
+                    self.conn.execute(
+                        "INSERT INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at,"
+                        f" expires_at) VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, {_NOW} + ?)",
+                        (PIPELINE_LEASE, self._holder, host, pid, generation, self.lease),
+                    )
+                except StateDatabaseError:  # another process inserted it first: it owns the pipeline
+                    return False
+            elif row["held"] and not _dead_here(str(row["host"]), int(row["pid"])):
+                return False
+            else:
+                generation = int(row["generation"]) + 1
+                self.conn.execute(
+                    f"UPDATE leases SET holder = ?, host = ?, pid = ?, generation = ?, acquired_at = {_NOW},"
+                    f" heartbeat_at = {_NOW}, expires_at = {_NOW} + ? WHERE name = ?",
+                    (self._holder, host, pid, generation, self.lease, PIPELINE_LEASE),
+                )
+        log.info("follow: this process owns the import pipeline on %s (generation %d)", self.location, generation)
+        self._pipeline = generation
+        self._pipeline_lost.clear()
+        return True
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[None]:
+        """The pipeline's writes: each transaction inside checks the pipeline lease (a follower's only)."""
+        self._fence += self.role is not None
+        try:
+            yield
+        finally:
+            self._fence -= self.role is not None
+
+    def _check_pipeline(self, locking: str = "") -> None:
+        if self._pipeline is None or self._pipeline_lost.is_set():
+            raise PipelineLost(f"this process does not own the import pipeline on {self.location}")
+        row = self.conn.execute(
+            f"SELECT 1 FROM leases WHERE name = ? AND holder = ? AND generation = ? AND expires_at > {_NOW} {locking}",
+            (PIPELINE_LEASE, self._holder, self._pipeline),
+        ).fetchone()
+        if row is None:
+            self._pipeline_lost.set()
+            log.warning("follow: lost the import pipeline on %s (another process took it over)", self.location)
+            raise PipelineLost(
+                f"another process took the import pipeline on {self.location} over; this cycle stops here"
+            )
+
+    def check_fence(self) -> None:
+        """Right before what no transaction can fence (the SFTP upload, starting the import): still the owner?"""
+        if self.role is not None:
+            self._check_pipeline()
+
+    def claim_work(
+        self,
+        batch_id: int,
+        channel: str,
+        statuses: Sequence[str],
+        template: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+        known_only: bool = False,
+    ) -> list[Notification]:
+        """`work`, claimed for this process: rows nobody claims (or whose claim expired, or ours) are locked
+        with SKIP LOCKED (another process claiming at the same time takes other rows, never waits) and claimed
+        in the same transaction. A page is one claim: one round trip per page, not per row."""
+        if self.role is None:
+            return self.work(batch_id, channel, statuses, template, after, limit, known_only)
+        where = (
+            f"batch_id = ? AND channel = ? AND status IN ({','.join('?' * len(statuses))}) AND seq > ?"
+            + (f" AND {self._KNOWN}" if known_only else "")
+            + (" AND template = ?" if template is not None else "")
+            + f" AND (claim_holder IS NULL OR claim_holder = ? OR claim_expires < {_NOW})"
+        )
+        args: list[Any] = [batch_id, channel, *statuses, after, *([template] if template is not None else [])]
+        with self.transaction():
+            seqs = [
+                int(r[0])
+                for r in self.conn.execute(
+                    f"SELECT seq FROM notifications WHERE {where} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
+                    (*args, self._holder, _NO_LIMIT if limit < 0 else limit),
+                )
+            ]
+            if not seqs:
+                return []
+            marks = ",".join("?" * len(seqs))
+            self.conn.execute(
+                f"UPDATE notifications SET claim_holder = ?, claim_expires = {_NOW} + ? WHERE seq IN ({marks})",
+                (self._holder, self.lease, *seqs),
+            )
+            rows = self.conn.execute(
+                "SELECT seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes,"
+                f" from_name, status, message_key FROM notifications WHERE seq IN ({marks}) ORDER BY seq",
+                seqs,
+            ).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(r.keys(), r, strict=True))
+            d["attributes"] = json.loads(d["attributes"])
+            out.append(Notification(**d))
+        return out
+
+    def mark(self, seqs: Sequence[int], status: str) -> int:
+        """A follower marks only rows it still claims: one whose claim expired while it was frozen may be in
+        another's hands (a triggered send marked twice would go twice)."""
+        if self.role is None:
+            return super().mark(seqs, status)
+        if not seqs:
+            return 0
+        cur = self.conn.execute(
+            f"UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ?"
+            f" WHERE seq IN ({','.join('?' * len(seqs))}) AND claim_holder = ?",
+            (status, time.time(), *seqs, self._holder),
+        )
+        return max(cur.rowcount, 0)
+
+    def record(self, outcomes: Iterable[Outcome]) -> None:
+        """One UPDATE per distinct outcome (a call's results are mostly alike: one statement for 500 rows);
+        pymysql's executemany would make a round trip per row, and the database would be the bottleneck."""
+        now = time.time()
+        groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+        for o in outcomes:
+            groups.setdefault((o.status, o.error_code, o.reason), []).append(o.seq)
+        for (status, code, reason), seqs in groups.items():
+            sent_at = "?" if status == Delivery.SENT else "sent_at"
+            self.conn.execute(
+                f"UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?, sent_at = {sent_at}"
+                f" WHERE seq IN ({','.join('?' * len(seqs))})",
+                (status, code, reason, now, *((now,) if status == Delivery.SENT else ()), *seqs),
+            )
+
+    def release_claims(self) -> None:
+        if self.role is not None:
+            self.conn.execute("UPDATE notifications SET claim_holder = NULL WHERE claim_holder = ?", (self._holder,))
+
+    def processes(self) -> list[dict[str, Any]]:
+        if not self.migrated():  # a preview of an older schema: no processes table yet
+            return []
+        return [
+            {
+                "host": r["host"],
+                "pid": int(r["pid"]),
+                "role": r["role"],
+                "started_at": float(r["started_at"]),
+                "last_heartbeat": float(r["heartbeat_at"]),
+                "heartbeat_age": round(max(0.0, float(r["age"])), 3),
+                "fresh": float(r["age"]) <= self.lease,
+            }
+            for r in self.conn.execute(
+                f"SELECT host, pid, role, started_at, heartbeat_at, {_NOW} - heartbeat_at AS age FROM processes"
+                " ORDER BY started_at"
+            )
+        ]
+
+    def pipeline_owner(self) -> dict[str, Any] | None:
+        if not self.migrated():
+            return None
+        row = self.conn.execute(
+            f"SELECT host, pid, generation, expires_at - {_NOW} AS left_s FROM leases WHERE name = ?",
+            (PIPELINE_LEASE,),
+        ).fetchone()
+        if row is None or float(row["left_s"]) <= 0:
+            return None
+        return {
+            "host": row["host"],
+            "pid": int(row["pid"]),
+            "generation": int(row["generation"]),
+            "expires_in": round(float(row["left_s"]), 3),
+        }
+
+    def _unregister(self) -> None:
+        """A clean stop: the pipeline and the claims are free at once (no one waits for them to expire)."""
+        if self.role is None:
+            return
+        with contextlib.suppress(McnotifyError):
+            if self._pipeline is not None and not self._pipeline_lost.is_set():
+                self.conn.execute(
+                    "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ? AND generation = ?",
+                    (PIPELINE_LEASE, self._holder, self._pipeline),
+                )
+            self.release_claims()
+            self.conn.execute("DELETE FROM processes WHERE holder = ?", (self._holder,))
+        self.role = None
+        self._pipeline = None
+
     def unlock(self) -> None:
         """Stop the heartbeat and give the lease up at once (the next run need not wait for it to expire)."""
-        if self._generation is None:
-            return
         self._stop_heartbeat.set()
         if self._heartbeat is not None:
             self._heartbeat.join(5)
+            self._heartbeat = None
+        self._unregister()
+        if self._generation is None:
+            return
         if not self._lease_lost.is_set():
             with contextlib.suppress(McnotifyError):
                 self.conn.execute(

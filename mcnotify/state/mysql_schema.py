@@ -129,6 +129,20 @@ MIGRATIONS: list[list[str]] = [
         "  AND b.import_status = 'Completed'"
         " ORDER BY n.seq",
     ],
+    # 5 (this backend only: SQLite has one process): several followers on one database. Every live process
+    # (host, pid, role, heartbeat); a send claim per notification (holder, expiry) so each is sent by one of them.
+    [
+        "CREATE TABLE processes ("
+        " holder VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " host VARCHAR(255) NOT NULL,"
+        " pid BIGINT NOT NULL,"
+        " role VARCHAR(32) NOT NULL,"
+        " started_at DOUBLE NOT NULL,"
+        " heartbeat_at DOUBLE NOT NULL"
+        f") {_TABLE}",
+        "ALTER TABLE notifications ADD COLUMN claim_holder VARCHAR(255), ADD COLUMN claim_expires DOUBLE,"
+        " ADD INDEX notifications_claim (claim_holder)",
+    ],
 ]
 
 # The tables of the state, parents first (the order a copy inserts them in).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -39,6 +40,8 @@ from mcnotify.state.states import (
     sql_list,
 )
 from mcnotify.state.tokens import NoTokenCache, SqliteTokenCache, Token
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(NotificationRecord))
 
 # The delivery states under the names the steps import.
 PENDING, SENDING, SENT, FAILED, INVALID, UNKNOWN = (
@@ -228,6 +231,42 @@ class StateStore:
         self._held_fds.remove(fd)
         self._tried_fd = None
         self._lock_fd = fd
+
+    # -- one process per state file: the follower holds the run lock, owns the pipeline, claims nothing ----------
+    shared = False
+
+    def register(self, role: str) -> None:
+        self.lock()
+
+    def take_pipeline(self) -> bool:
+        return True
+
+    def fenced(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def check_fence(self) -> None:
+        pass
+
+    def release_claims(self) -> None:
+        pass
+
+    def processes(self) -> list[dict[str, Any]]:
+        return []
+
+    def pipeline_owner(self) -> dict[str, Any] | None:
+        return None
+
+    def claim_work(
+        self,
+        batch_id: int,
+        channel: str,
+        statuses: Sequence[str],
+        template: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+        known_only: bool = False,
+    ) -> list[Notification]:
+        return self.work(batch_id, channel, statuses, template, after, limit, known_only)
 
     def unlock(self) -> None:
         """Release the run lock. The fd itself is closed by _close_lock_fds(), after the connection."""
@@ -566,12 +605,13 @@ class StateStore:
             sql += f" AND batch_id IN (SELECT id FROM batches WHERE status != '{BatchStatus.DONE}')"
         return {(r[0], r[1]): r[2] for r in self.conn.execute(sql + " GROUP BY template, channel", args)}
 
-    def mark(self, seqs: Sequence[int], status: str) -> None:
+    def mark(self, seqs: Sequence[int], status: str) -> int:
         now = time.time()
-        self.conn.executemany(
+        cur = self.conn.executemany(
             "UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ? WHERE seq = ?",
             [(status, now, s) for s in seqs],
         )
+        return max(cur.rowcount, 0)
 
     def release(self, seqs: Iterable[int]) -> int:
         """Rows marked 'sending' whose request never left this process go back to 'pending'."""
@@ -747,7 +787,8 @@ class StateStore:
                 args.append(value)
         out = []
         for r in self.conn.execute(sql + " ORDER BY seq", args):
-            d = dict(r)
+            # (Columns a backend adds for its own bookkeeping, the MariaDB send claims, are not part of a record.)
+            d = {k: v for k, v in dict(r).items() if k in _RECORD_FIELDS}
             d["attributes"] = json.loads(d["attributes"])
             out.append(NotificationRecord(**d))
         return out

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcnotify import hooks
-from mcnotify.errors import ConfigError, ImportPending, McnotifyError, Stopped
+from mcnotify.errors import ConfigError, ImportPending, McnotifyError, PipelineLost, Stopped
 from mcnotify.state.states import BatchStatus
 from mcnotify.state.store import StateFileLost
 from mcnotify.steps import Context, send, sync, wait_import
 
 FOLLOWER = "follower"  # meta key: who follows, since when, its last cycle, what it waits for
+ROLE = "follower"  # how a follower registers among the processes sharing a state (MariaDB)
 MAX_BACKOFF = 60.0
 METRICS_EVERY = 15.0
 HEARTBEAT_EVERY = 5.0  # the follower's line in `status`: its last cycle is at most this old
@@ -117,10 +118,20 @@ class Follower:
         ctx, report = self.ctx, self.report
         report.cycles += 1
         deferred: list[BaseException] = []  # a step that failed: the others still go, then the cycle fails
+        # Several followers on one database: one owns the import pipeline (claim, upload, import), every one
+        # sends. A follower that does not own it only sends; one that loses it mid-cycle stops that part.
+        owner = ctx.store.take_pipeline()
         try:
-            synced = sync.run(ctx)
+            if owner:
+                with ctx.store.fenced():
+                    synced = sync.run(ctx)
+            else:
+                synced = sync.SyncReport()
         except (Stopped, StateFileLost):
             raise
+        except PipelineLost as exc:
+            log.warning("follow: %s", exc)
+            synced, owner = sync.SyncReport(), False
         except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
             # MySQL or SFTP down, a bad key: what is already claimed still goes (SMS, known contacts' emails).
             deferred.append(exc)
@@ -129,15 +140,19 @@ class Follower:
         report.claimed += synced.new_rows
         # Only this process changes the state while it holds the lock: with nothing claimed and no import
         # completed since the last full pass, there is nothing new to send (a quiet source costs next to no CPU).
-        self.dirty = self.dirty or synced.new_rows > 0
+        # Sharing the state, another process may have claimed rows or finished an import: always look.
+        self.dirty = self.dirty or synced.new_rows > 0 or ctx.store.shared
         if not self.sms_waits and self.dirty:
             self._send("sms", deferred)
         now = self.clock()
         was_importing = ctx.store.batches(BatchStatus.IMPORTING)
-        if was_importing and now - self.last_import_poll >= self.import_poll:
+        if owner and was_importing and now - self.last_import_poll >= self.import_poll:
             self.last_import_poll = now
-            with contextlib.suppress(ImportPending):  # still running: polled again next time
-                wait_import.run(ctx, wait=False)
+            try:
+                with contextlib.suppress(ImportPending), ctx.store.fenced():  # still running: polled next time
+                    wait_import.run(ctx, wait=False)
+            except PipelineLost as exc:
+                log.warning("follow: %s", exc)
         importing = ctx.store.batches(BatchStatus.IMPORTING)
         if was_importing and not importing:
             self.dirty = True  # the import released its emails (and, if they wait, the SMS)
@@ -164,6 +179,9 @@ class Follower:
         except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
             deferred.append(exc)
             return
+        finally:
+            with contextlib.suppress(McnotifyError):  # what this process did not send, the others may
+                self.ctx.store.release_claims()
         self.report.sent[channel] += result.sent
         self.report.failed[channel] += result.failed
         self.report.unknown += result.unknown

@@ -154,18 +154,22 @@ def _chunks(
     ctx: Context, batch_id: int, channel: str, size: int, known_only: bool = False
 ) -> Iterator[list[Notification]]:
     """The batch's sendable notifications in chunks of one template each, read page by page so a large batch
-    is never in memory. Templates the config no longer has are skipped (see `held`)."""
+    is never in memory. Templates the config no longer has are skipped (see `held`). Followers sharing a database
+    each get pages of their own (claims); rows another one claims are not seen."""
     for template in ctx.store.templates(batch_id, channel, known_only):
         if not _configured(ctx, template, channel):
             continue
         after = 0
-        while page := ctx.store.work(
+        # Sharing the state, a claim is a few calls' worth: large enough to cost the database little, small
+        # enough that the other followers get their share of a batch.
+        pages = 4 if ctx.store.shared else 20
+        while page := ctx.store.claim_work(  # claimed for this process when several share the state
             batch_id,
             channel,
             (PENDING, SENDING),
             template=template,
             after=after,
-            limit=size * 20,
+            limit=size * pages,
             known_only=known_only,
         ):
             after = page[-1].seq
@@ -295,8 +299,12 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only:
     left: set[int] = set()  # seqs whose request was handed to the HTTP client (worker threads add)
     unsent: set[int] = set()  # of those, seqs the client says never reached MC
 
+    lost: set[int] = set()  # seqs whose claim went to another process before they were marked (we froze)
+
     def job(n: Notification) -> Callable[[], list[Outcome]]:
         def call() -> list[Outcome]:
+            if n.seq in lost:
+                return []  # another process has it now: at most once
             key = ctx.settings.templates[n.template].definition_key
             recipient = _recipient(ctx, n)
             if ctx.stopping:
@@ -325,7 +333,9 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only:
     def mark(index: int) -> None:
         seq = fresh[index].seq
         with ctx.store.transaction():
-            ctx.store.mark([seq], SENDING)
+            if not ctx.store.mark([seq], SENDING):
+                lost.add(seq)
+                return
         marked.append(seq)
 
     try:

@@ -239,6 +239,7 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
             report.note = "nothing to upload"
             return
         ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section.host}")
+        store.check_fence()  # no transaction covers the upload: a pipeline taken over since must not overwrite
         remote = ctx.upload(sftp_section, Path(tmp), sftp_section.file_name)
     finally:
         os.unlink(tmp)
@@ -283,6 +284,7 @@ def _start_once(ctx: Context, batch_id: int, key: str) -> str:
         with store.transaction():
             store.note_import_start(batch_id)
         try:
+            store.check_fence()  # nor a start by an owner that froze since that transaction
             task_id = soap.start_import(ctx.mc(), key)
         except OutcomeUnknown as exc:
             ctx.progress(f"sync: the start of import {key!r} may or may not have reached MC ({exc}); asking MC")

@@ -1,0 +1,210 @@
+"""Several followers on one MariaDB state: the import pipeline owned by one lease whose generation fences every
+write, send claims taken with SKIP LOCKED, every process in `status`; and three real followers, one SIGKILLed
+and restarted, one frozen (SIGSTOP) past the lease: every notification exactly once, nothing stuck, nothing
+written or uploaded by the frozen one once it wakes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcnotify.errors import LeaseHeld, PipelineLost
+from mcnotify.state.interface import NewNotification
+from mcnotify.state.mysql import MySQLStore, Target
+from mcnotify.state.states import BatchStatus, Delivery
+from tests.conftest import Env
+from tests.helpers import event_rows, people, run_cli
+
+LEASE = 2.0
+
+
+@contextmanager
+def stores(url: str, count: int) -> Iterator[list[MySQLStore]]:
+    made = [MySQLStore(Target.from_url(url), lease=LEASE) for _ in range(count)]
+    try:
+        yield made
+    finally:
+        for store in made:
+            store.close()
+
+
+def _freeze(store: MySQLStore) -> None:
+    """As SIGSTOP would: its heartbeat stops (the process itself, this test's, stays alive)."""
+    store._stop_heartbeat.set()
+    if store._heartbeat is not None:
+        store._heartbeat.join(5)
+
+
+def _sms(nid: str) -> NewNotification:
+    return NewNotification(
+        nid, "t", "sms", f"k{nid}", "+886912345678", "+886912345678", "{}", None, Delivery.PENDING, None,
+        f"mcn-sms-{nid}",
+    )  # fmt: skip
+
+
+def test_the_pipeline_has_one_owner_and_a_frozen_one_cannot_write_once_taken_over(state_db: str) -> None:
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        assert a.take_pipeline() and not b.take_pipeline()
+        with a.fenced(), a.transaction():  # the owner writes
+            a.set_meta("source.watermark", 1)
+        time.sleep(LEASE + 0.5)  # the heartbeat keeps it
+        assert not b.take_pipeline()
+        assert (b.pipeline_owner() or {}).get("generation") == 1
+        _freeze(a)
+        deadline = time.monotonic() + LEASE + 2
+        while not b.take_pipeline():
+            assert time.monotonic() < deadline, "no takeover within the lease and a little"
+            time.sleep(0.2)
+        assert (b.pipeline_owner() or {})["generation"] == 2
+        # The frozen one wakes: no fenced write, no upload, no import start.
+        with pytest.raises(PipelineLost), a.fenced(), a.transaction():
+            a.set_meta("source.watermark", 99)
+        with pytest.raises(PipelineLost):
+            a.check_fence()
+        assert not a.take_pipeline()  # b holds it now
+        assert a.get_meta("source.watermark") == 1
+        with b.fenced(), b.transaction():
+            b.set_meta("source.watermark", 2)
+        # A one-shot run is refused while followers live.
+        with stores(state_db, 1) as (one_shot,), pytest.raises(LeaseHeld, match="followers work"):
+            one_shot.lock()
+        assert {p["role"] for p in b.processes()} == {"follower"} and len(b.processes()) == 2
+
+
+def test_send_claims_split_the_work_and_a_frozen_claimers_rows_go_to_another(state_db: str) -> None:
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        with a.transaction():
+            batch = a.create_batch()
+            a.add_notifications(batch, [_sms(str(i)) for i in range(10)])
+            a.update_batch(batch, status=BatchStatus.CLAIMED)
+        mine = a.claim_work(batch, "sms", (Delivery.PENDING,), limit=4)
+        theirs = b.claim_work(batch, "sms", (Delivery.PENDING,), limit=100)
+        assert len(mine) == 4 and len(theirs) == 6
+        assert not {n.seq for n in mine} & {n.seq for n in theirs}
+        with b.transaction():  # b cannot mark what a claims
+            assert b.mark([mine[0].seq], Delivery.SENDING) == 0
+        _freeze(a)  # its claims are no longer renewed
+        time.sleep(LEASE + 0.5)
+        taken = b.claim_work(batch, "sms", (Delivery.PENDING,), limit=100)
+        assert {n.seq for n in mine} <= {n.seq for n in taken}
+        with a.transaction():  # a wakes: the row is another's, it marks nothing (a triggered send never goes)
+            assert a.mark([mine[0].seq], Delivery.SENDING) == 0
+
+
+# -- three real followers -------------------------------------------------------------------------------------
+def _follower(env: Env, name: str) -> tuple[subprocess.Popen[str], Path]:
+    log = env.tmp / f"{name}.log"
+    command = [sys.executable, "-m", "mcnotify", "-v", "--config", str(env.config), "run-all", "--follow"]
+    with log.open("a") as out:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out, text=True), log
+
+
+def _owner_pid(env: Env) -> int | None:
+    data = json.loads(run_cli(env.config, "status", "--json").output)
+    owner = data["pipeline_owner"]
+    return None if owner is None else int(owner["pid"])
+
+
+def _wait(check: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_three_followers_one_killed_one_frozen_deliver_everything_exactly_once(
+    env: Env, app_db: Any, state_db: str
+) -> None:
+    env.sandbox.settings.import_lag = 0.3
+    env.values["state"] = {"url": state_db, "lease": 3.0}
+    env.write(source={"poll_interval": 0.2}, **{"import": {"poll_interval": 0.1}})
+    procs = {name: _follower(env, name) for name in ("a", "b", "c")}
+    try:
+        wave = 0
+
+        def arrive(n: int = 4) -> int:
+            nonlocal wave
+            app_db(event_rows(1 + wave * 100, people(n, offset=wave * 10)))
+            wave += 1
+            return 3 * n  # email, sms and one more per person (as event_rows makes them)
+
+        expected = arrive()
+        _wait(lambda: len(env.accepted()) >= expected, 30, "the first wave")
+        status = json.loads(run_cli(env.config, "status", "--json").output)
+        assert sorted(p["pid"] for p in status["processes"]) == sorted(p.pid for p, _ in procs.values())
+        assert status["pipeline_owner"]["pid"] in {p.pid for p, _ in procs.values()}
+        assert run_cli(env.config, "run-all").exit_code == 75  # a timer's run while followers work
+
+        # SIGKILL one (the pipeline's owner: the hardest case) while rows arrive, and restart it.
+        owner = _owner_pid(env)
+        victim = next(name for name, (p, _) in procs.items() if p.pid == owner)
+        procs[victim][0].send_signal(signal.SIGKILL)
+        procs[victim][0].wait(5)
+        killed = procs[victim][0].pid
+        expected += arrive()
+        procs[victim] = _follower(env, victim)
+        _wait(lambda: len(env.accepted()) >= expected, 30, "the wave after the kill")
+
+        # Freeze the owner past the lease; another takes the pipeline over and rows keep going out.
+        owner = _owner_pid(env)
+        frozen = next(name for name, (p, _) in procs.items() if p.pid == owner)
+        procs[frozen][0].send_signal(signal.SIGSTOP)
+        expected += arrive()
+        _wait(lambda: _owner_pid(env) not in (None, owner), 15, "a takeover of the pipeline")
+        _wait(lambda: len(env.accepted()) >= expected, 30, "the wave while one is frozen")
+        woke_at = procs[frozen][1].stat().st_size
+        procs[frozen][0].send_signal(signal.SIGCONT)
+        expected += arrive()
+        _wait(lambda: len(env.accepted()) >= expected, 30, "the wave after the thaw")
+        time.sleep(2)  # anything late would show now
+        for proc, _ in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs.values():
+            proc.wait(20)
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    keys = Counter(m["messageKey"] for m in env.accepted())
+    assert len(keys) == expected and set(keys.values()) == {1}, keys.most_common(3)
+    data = json.loads(run_cli(env.config, "status", "--json").output)
+    assert data["totals"] == {"sent": expected}, data["totals"]  # nothing stuck: no pending, sending, unknown
+    # Each stopped cleanly and left; the SIGKILLed one could not: shown stale, and it counts for nothing.
+    assert [(p["pid"], p["fresh"]) for p in data["processes"]] == [(killed, False)]
+    # The thawed one uploaded and started nothing for the pipeline it had lost: after waking, its log shows no
+    # upload or import start until it owns the pipeline again (it need not: the new owner keeps it).
+    after = procs[frozen][1].read_text()[woke_at:].split("owns the import pipeline")[0]
+    assert "taken over by another process" in after or "lost the import pipeline" in after, after[-2000:]
+    assert "uploading" not in after and "started import" not in after, after[-2000:]
+
+
+def test_one_token_for_all_processes_and_a_refresh_by_one_is_seen_by_the_others(env: Env, state_db: str) -> None:
+    from mcnotify.mc.auth import TokenProvider
+    from mcnotify.state.mysql import MySQLTokenCache
+    from tests.test_secrets import mc_section
+
+    MySQLStore(Target.from_url(state_db)).close()  # the schema
+    section = mc_section(env.sandbox.url, secret=env.values["marketing_cloud"]["client_secret"])
+    a, b = (TokenProvider(section, MySQLTokenCache(Target.from_url(state_db))) for _ in range(2))
+    first = a.get()
+    assert b.get() == first and b.requests_made == 0  # the second process reuses the first one's token
+    a.invalidate(first)  # MC answered 401 to a: it gets a new token, kept for all
+    second = a.get()
+    assert second.access_token != first.access_token and a.requests_made == 2
+    b.invalidate(first)  # b's next request also gets a 401 for the old one: it takes a's new token
+    assert b.get() == second and b.requests_made == 0
