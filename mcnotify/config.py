@@ -123,6 +123,16 @@ def check_state_url(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("mysql", "mysql+pymysql"):
         return "must be mysql://user:password@host:port/database (MariaDB >= 10.6 or MySQL >= 8.0)"
+    _, userinfo, _ = _split_userinfo(value)
+    if userinfo is not None and any(c in userinfo for c in "/?#"):
+        # A URL parser would read part of the password as the host or port, and then print it in an error.
+        return "has / ? or # in its user or password: percent-encode them (/ as %2F, ? as %3F, # as %23)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1 or not parts.hostname:
+        return "must name a host and a numeric port (mysql://user:password@host:port/database)"
     if not parts.path.strip("/"):
         return "must name the database (mysql://user:password@host:port/database)"
     return None
@@ -487,12 +497,16 @@ def redact_url(url: str) -> str:
     return f"{head}***@{rest}"
 
 
-def url_secrets(url: str) -> list[str]:
-    """The parts of a URL's userinfo that must be scrubbed from text (raw and percent-decoded)."""
+def url_secrets(url: str, bare_user_is_secret: bool = True) -> list[str]:
+    """The parts of a URL's userinfo that must be scrubbed from text (raw and percent-decoded). A userinfo with
+    no colon may be a token (scrubbed), or, where the scheme says so (`bare_user_is_secret=False`), a user name
+    whose password comes from elsewhere (kept: masking every "mcnotify" in paths helps nobody)."""
     _, userinfo, _ = _split_userinfo(url)
     if not userinfo:
         return []
     _, colon, password = userinfo.partition(":")
+    if not colon and not bare_user_is_secret:
+        return []
     found = [userinfo, password] if colon else [userinfo]
     return [v for f in found if f for v in (f, unquote(f))]
 
@@ -791,7 +805,7 @@ def _parse(data: dict[str, Any], path: Path | None, environ: Mapping[str, str]) 
     if state["url"]:
         if state["path"]:
             raise ConfigError("[state] has both path and url: give one (path for SQLite, url for MariaDB/MySQL)")
-        secrets += url_secrets(state["url"])
+        secrets += url_secrets(state["url"], bare_user_is_secret=False)
     else:
         state["path"] = state["path"] or DEFAULT_STATE_PATH
     if webhook := values["alerts"]["slack_webhook"]:

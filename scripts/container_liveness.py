@@ -26,7 +26,15 @@ DEFAULT_MAX_AGE = 900.0
 
 
 def verdict(data: dict[str, Any], hostname: str, now: float, max_age: float) -> str | None:
-    """None when the follower recorded in `data` (status --json) is this host's and recent; else why not."""
+    """None when this pod's follower is alive by `data` (status --json); else why not. With several followers on
+    one MariaDB state, `processes` has a row per follower: this pod's own (its hostname) must have a recent
+    heartbeat. On SQLite (one follower) the single `follower` entry is the one to check."""
+    mine = [p for p in data.get("processes") or [] if p.get("host") == hostname and p.get("role") == "follower"]
+    if data.get("processes") is not None and data.get("processes"):
+        if not mine:
+            return f"no follower of this pod ({hostname!r}) among the processes recorded"
+        age = min(float(p.get("heartbeat_age") or 0) for p in mine)
+        return None if age <= max_age else f"this pod's follower last beat {age:.0f} s ago (more than {max_age:g} s)"
     follower = data.get("follower")
     if not follower:
         return "no follower recorded in the state yet"

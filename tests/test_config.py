@@ -172,3 +172,19 @@ def test_config_check_hides_the_state_password(tmp_path: Path) -> None:
     path.write_text(dump_toml(raw))
     result = run_cli(path, "config", "check")
     assert result.exit_code == 78 and "state-Secret-pw" not in result.output
+
+
+@pytest.mark.parametrize("password", ["Hunter2secret/xyz", "pw?x", "pw#x"])
+def test_a_state_url_password_that_a_parser_would_split_is_refused_without_showing_it(password: str) -> None:
+    from mcnotify.config import check_state_url
+
+    problem = check_state_url(f"mysql://u:{password}@127.0.0.1:3306/db")
+    assert problem is not None and "percent-encode" in problem
+    assert "Hunter2" not in problem and "xyz" not in problem
+
+
+def test_a_state_url_user_without_a_password_is_not_treated_as_a_secret() -> None:
+    from mcnotify.config import url_secrets
+
+    assert url_secrets("mysql://mcnotify@127.0.0.1/state", bare_user_is_secret=False) == []
+    assert "pw" in url_secrets("mysql://mcnotify:pw@127.0.0.1/state", bare_user_is_secret=False)

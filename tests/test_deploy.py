@@ -89,6 +89,20 @@ def test_liveness_reads_this_pods_follower_line() -> None:
     assert "no follower" in verdict({"follower": None}, "mcnotify-abc", 1100.0, 900)
 
 
+def test_liveness_with_several_followers_reads_this_pods_own_process() -> None:
+    """Every follower overwrites the single `follower` entry; each pod must be judged by its own heartbeat."""
+    verdict = load_liveness().verdict
+    processes = [
+        {"host": f"mcnotify-{name}", "pid": 1, "role": "follower", "heartbeat_age": age}
+        for name, age in (("a", 2.0), ("b", 4.0), ("c", 1000.0))
+    ]
+    data = {"follower": {"host": "mcnotify-a", "last_cycle": 1000.0}, "processes": processes}
+    assert verdict(data, "mcnotify-a", 1001.0, 900) is None
+    assert verdict(data, "mcnotify-b", 1001.0, 900) is None  # not the host that wrote `follower` last
+    assert "1000 s ago" in (verdict(data, "mcnotify-c", 1001.0, 900) or "")
+    assert "no follower of this pod" in (verdict(data, "mcnotify-d", 1001.0, 900) or "")
+
+
 def kustomize(folder: str) -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:

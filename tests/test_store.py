@@ -348,3 +348,21 @@ def test_a_lease_held_on_another_host_is_taken_over_once_it_expires(state_db: st
     finally:
         holder.close()
         waiting.close()
+
+
+def test_a_connection_lost_at_commit_is_an_error_not_a_silent_loss(state_db: str, mariadb: Any) -> None:
+    from mcnotify.state.mysql import MySQLStore, Target
+
+    store = MySQLStore(Target.from_url(state_db))
+    try:
+        thread = store.conn._conn.thread_id()  # type: ignore[attr-defined]
+        with pytest.raises(StateDatabaseError), store.transaction():
+            store.set_meta("probe", "written")
+            with mariadb.admin() as admin, admin.cursor() as cur:
+                cur.execute(f"KILL CONNECTION {thread}")  # gone between the last write and COMMIT
+        assert store.get_meta("probe") is None  # not committed, and the caller was told so
+        with store.transaction():  # the next transaction reconnects and works
+            store.set_meta("probe", "again")
+        assert store.get_meta("probe") == "again"
+    finally:
+        store.close()

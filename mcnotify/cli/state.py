@@ -33,7 +33,7 @@ def migrate(
     # The URL's password is a secret from now on: no message or log line may carry it.
     from mcnotify import logs
 
-    cli.secrets = tuple(sorted({*cli.secrets, *url_secrets(to)}, key=len, reverse=True))
+    cli.secrets = tuple(sorted({*cli.secrets, *url_secrets(to, bare_user_is_secret=False)}, key=len, reverse=True))
     logs.set_secrets(cli.redactor, cli.secrets)
     if problem := check_state_url(to):
         cli.fail(f"--to {problem}", EXIT_USAGE)

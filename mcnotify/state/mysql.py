@@ -413,8 +413,12 @@ class MySQLStore(StateStore):
             with contextlib.suppress(StateDatabaseError):
                 self.conn.execute("ROLLBACK")
             raise
-        self.conn.in_transaction = False
-        self.conn.execute("COMMIT")
+        try:
+            # Still "in a transaction" for the retry logic: a connection lost at COMMIT is raised, never retried
+            # on a new connection (where COMMIT would succeed with nothing to commit and the writes be lost).
+            self.conn.execute("COMMIT")
+        finally:
+            self.conn.in_transaction = False
 
     def check_identity(self) -> None:
         """Stop when the run lease was lost: another process may hold it now, and this one must not write."""
