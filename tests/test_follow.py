@@ -167,4 +167,4 @@ def test_sigkill_of_the_follower_ten_times_while_events_arrive_delivers_each_onc
         code, err, _ = stop(proc)
     assert code == 0, err
     delivered_once(env, 3 * written)
-    assert statuses(env) == {"sent": 3 * written}
+    assert statuses(env) == {"sent": 3 * written}, err[-3000:]

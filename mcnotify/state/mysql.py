@@ -596,6 +596,17 @@ class MySQLStore(StateStore):
             )
             # Rows of processes gone for a day: status need not list them for ever.
             self.conn.execute(f"DELETE FROM processes WHERE heartbeat_at < {_NOW} - 86400")
+            # A process of this host that is gone (killed, restarted by systemd) frees its send claims now, as a
+            # dead lease holder here frees the lease: its rows need not wait for the claims to expire.
+            others = self.conn.execute(
+                "SELECT holder, pid FROM processes WHERE host = ? AND holder <> ?", (host, self._holder)
+            ).fetchall()
+            for other in others:
+                if _dead_here(host, int(other["pid"])):
+                    self.conn.execute(
+                        "UPDATE notifications SET claim_holder = NULL WHERE claim_holder = ?", (other["holder"],)
+                    )
+                    self.conn.execute("DELETE FROM processes WHERE holder = ?", (other["holder"],))
         self.role = role
         self._start_heartbeat()
 
