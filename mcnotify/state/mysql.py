@@ -440,22 +440,16 @@ class MySQLStore(StateStore):
         naming the holder. The database's clock decides expiry, so hosts' clocks need not agree."""
         if self._generation is not None:
             return
-        now_sql = "UNIX_TIMESTAMP(NOW(6))"
-        host, pid = socket.gethostname(), os.getpid()
         with self.transaction():
             row = self.conn.execute(
-                f"SELECT holder, host, pid, generation, expires_at, {now_sql} AS now FROM leases WHERE name = ?"
+                f"SELECT holder, host, pid, generation, expires_at, {_NOW} AS now FROM leases WHERE name = ?"
                 " FOR UPDATE",
                 (RUN_LEASE,),
             ).fetchone()
             if row is None:
                 generation = 1
                 try:
-                    self.conn.execute(
-                        "INSERT INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at,"
-                        f" expires_at) VALUES (?, ?, ?, ?, ?, {now_sql}, {now_sql}, {now_sql} + ?)",
-                        (RUN_LEASE, self._holder, host, pid, generation, self.lease),
-                    )
+                    self._write_lease(RUN_LEASE, generation, insert=True)
                 except StateDatabaseError:  # another process inserted it first
                     raise LeaseHeld(f"another run took the lease on {self.location} just now; nothing done") from None
             elif (
@@ -476,13 +470,25 @@ class MySQLStore(StateStore):
                     " nothing done, they keep the chain moving"
                 )
             if row is not None:
-                self.conn.execute(
-                    f"UPDATE leases SET holder = ?, host = ?, pid = ?, generation = ?, acquired_at = {now_sql},"
-                    f" heartbeat_at = {now_sql}, expires_at = {now_sql} + ? WHERE name = ?",
-                    (self._holder, host, pid, generation, self.lease, RUN_LEASE),
-                )
+                self._write_lease(RUN_LEASE, generation, insert=False)
         self._generation = generation
         self._start_heartbeat()
+
+    def _write_lease(self, name: str, generation: int, insert: bool) -> None:
+        """Make lease `name` this process's, at `generation` (in the caller's transaction, the row locked)."""
+        host, pid = socket.gethostname(), os.getpid()
+        if insert:
+            self.conn.execute(
+                "INSERT INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at,"
+                f" expires_at) VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, {_NOW} + ?)",
+                (name, self._holder, host, pid, generation, self.lease),
+            )
+        else:
+            self.conn.execute(
+                f"UPDATE leases SET holder = ?, host = ?, pid = ?, generation = ?, acquired_at = {_NOW},"
+                f" heartbeat_at = {_NOW}, expires_at = {_NOW} + ? WHERE name = ?",
+                (self._holder, host, pid, generation, self.lease, name),
+            )
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.is_alive():
@@ -618,7 +624,6 @@ class MySQLStore(StateStore):
         if self._pipeline is not None and not self._pipeline_lost.is_set():
             return True
         self._pipeline = None
-        host, pid = socket.gethostname(), os.getpid()
         with self.transaction():
             row = self.conn.execute(
                 f"SELECT holder, host, pid, generation, expires_at > {_NOW} AS held FROM leases WHERE name = ?"
@@ -628,22 +633,14 @@ class MySQLStore(StateStore):
             if row is None:
                 generation = 1
                 try:
-                    self.conn.execute(
-                        "INSERT INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at,"
-                        f" expires_at) VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, {_NOW} + ?)",
-                        (PIPELINE_LEASE, self._holder, host, pid, generation, self.lease),
-                    )
+                    self._write_lease(PIPELINE_LEASE, generation, insert=True)
                 except StateDatabaseError:  # another process inserted it first: it owns the pipeline
                     return False
             elif row["held"] and not _dead_here(str(row["host"]), int(row["pid"])):
                 return False
             else:
                 generation = int(row["generation"]) + 1
-                self.conn.execute(
-                    f"UPDATE leases SET holder = ?, host = ?, pid = ?, generation = ?, acquired_at = {_NOW},"
-                    f" heartbeat_at = {_NOW}, expires_at = {_NOW} + ? WHERE name = ?",
-                    (self._holder, host, pid, generation, self.lease, PIPELINE_LEASE),
-                )
+                self._write_lease(PIPELINE_LEASE, generation, insert=False)
         log.info("follow: this process owns the import pipeline on %s (generation %d)", self.location, generation)
         self._pipeline = generation
         self._pipeline_lost.clear()
