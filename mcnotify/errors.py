@@ -38,6 +38,10 @@ class PipelineLost(TemporaryError):
     cycle stops before writing or uploading anything more; the follower carries on sending."""
 
 
+class StateDatabaseError(McnotifyError):
+    """A statement against the state database (MariaDB/MySQL) failed; the transaction it was in was rolled back."""
+
+
 class ImportPending(TemporaryError):
     pass
 

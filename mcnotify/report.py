@@ -10,7 +10,7 @@ from typing import Any
 
 from mcnotify.config import Template
 from mcnotify.state import Store
-from mcnotify.state.states import StepStatus
+from mcnotify.state.states import FOLLOWER_META, StepStatus
 
 STEPS = ("sync", "wait-import", "send-email", "send-sms")
 
@@ -118,6 +118,12 @@ def follower_view(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**meta, "alive": alive}
 
 
+def _follower_of(process: dict[str, Any]) -> dict[str, Any]:
+    keys = ("host", "pid", "last_cycle", "cycles", "waiting_for", "failing_since")
+    view = {"since": process["started_at"], "stopped": False, **{k: process.get(k) for k in keys}}
+    return follower_view(view) or view
+
+
 def status(store: Store, limit: int = 10, templates: Mapping[str, Template] | None = None) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for (_, status_name), n in store.counts().items():
@@ -132,14 +138,18 @@ def status(store: Store, limit: int = 10, templates: Mapping[str, Template] | No
             template = templates.get(name)
             if template is None or template.channel != channel:
                 held[name] = held.get(name, 0) + n
+    # Several processes on one database (MariaDB): each with its last heartbeat and cycle, and the pipeline's
+    # owner. `follower` is then the one whose cycle is the latest (the same shape as a state file's one line).
+    processes = store.processes()
+    cycling = [p for p in processes if p["role"] == "follower" and p.get("last_cycle") is not None]
+    latest = max(cycling, key=lambda p: float(p["last_cycle"]), default=None)
     return {
         "state": store.location,
         "watermark": store.get_meta("source.watermark"),
         "totals": totals,
         "unknown": {"count": sum(unknown.values()), "why": UNKNOWN_WHY if unknown else "", "reasons": unknown},
-        "follower": follower_view(store.get_meta("follower")),
-        # Several processes on one database (MariaDB): each with its last heartbeat, and the pipeline's owner.
-        "processes": store.processes(),
+        "follower": follower_view(store.get_meta(FOLLOWER_META)) if latest is None else _follower_of(latest),
+        "processes": processes,
         "pipeline_owner": store.pipeline_owner(),
         # The last hour's event -> accepted, per channel (what a member felt), and how late the oldest waits.
         "latency_last_hour": store.latency(since=time.time() - 3600),

@@ -9,8 +9,8 @@ hostname), has not stopped, and wrote its heartbeat at most MAX_AGE_SECONDS ago.
 cycles (every 5 s when idle) and during an outage too, so a MySQL, SFTP or MC outage does not restart the pod;
 one cycle holding a large send can take minutes, hence the generous default.
 
-It reads today's status shape (one follower line). Several followers sharing a MariaDB state (issue 13) report
-every process instead: this check has to follow that change before replicas > 1 get it.
+On a MariaDB state `status` lists every process instead, each with its last cycle: this pod's own row is the
+one to check (the database's heartbeat thread beats even when the loop is stuck, so its last cycle decides).
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ def verdict(data: dict[str, Any], hostname: str, now: float, max_age: float) -> 
     if data.get("processes") is not None and data.get("processes"):
         if not mine:
             return f"no follower of this pod ({hostname!r}) among the processes recorded"
+        cycles = [now - float(p["last_cycle"]) for p in mine if p.get("last_cycle") is not None]
+        if cycles:
+            age = min(cycles)
+            return (
+                None
+                if age <= max_age
+                else f"this pod's follower's last cycle was {age:.0f} s ago (more than {max_age:g} s)"
+            )
         age = min(float(p.get("heartbeat_age") or 0) for p in mine)
         return None if age <= max_age else f"this pod's follower last beat {age:.0f} s ago (more than {max_age:g} s)"
     follower = data.get("follower")

@@ -101,6 +101,10 @@ def test_liveness_with_several_followers_reads_this_pods_own_process() -> None:
     assert verdict(data, "mcnotify-b", 1001.0, 900) is None  # not the host that wrote `follower` last
     assert "1000 s ago" in (verdict(data, "mcnotify-c", 1001.0, 900) or "")
     assert "no follower of this pod" in (verdict(data, "mcnotify-d", 1001.0, 900) or "")
+    # Each follower's own last cycle, when listed, decides: a loop stuck while its heartbeat thread beats is dead.
+    stuck = [{**processes[0], "last_cycle": 1.0}, {**processes[1], "last_cycle": 1000.0}]
+    assert "last cycle was 1000 s ago" in (verdict({"processes": stuck}, "mcnotify-a", 1001.0, 900) or "")
+    assert verdict({"processes": stuck}, "mcnotify-b", 1001.0, 900) is None
 
 
 def kustomize(folder: str) -> str:

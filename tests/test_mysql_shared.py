@@ -5,6 +5,7 @@ written or uploaded by the frozen one once it wakes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mcnotify.errors import LeaseHeld, PipelineLost
+from mcnotify.errors import LeaseHeld, PipelineLost, StateDatabaseError
 from mcnotify.state.interface import NewNotification
 from mcnotify.state.mysql import MySQLStore, Target
 from mcnotify.state.states import BatchStatus, Delivery
@@ -103,6 +104,43 @@ def test_send_claims_split_the_work_and_a_frozen_claimers_rows_go_to_another(sta
         assert {n.seq for n in mine} <= {n.seq for n in taken}
         with a.transaction():  # a wakes: the row is another's, it marks nothing (a triggered send never goes)
             assert a.mark([mine[0].seq], Delivery.SENDING) == 0
+
+
+def test_a_follower_frozen_inside_a_transaction_is_cut_off_and_its_row_locks_freed(state_db: str) -> None:
+    """Frozen between two statements of a fenced transaction, a follower holds the pipeline lease row in share
+    mode and the rows it wrote locked: without more, the others would wait for as long as it stays frozen. A
+    lease later, another's heartbeat ends its connection; the pipeline and its rows move on, and the frozen
+    one's transaction is gone when it wakes."""
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        assert a.take_pipeline()
+        with a.transaction():
+            batch = a.create_batch()
+            a.add_notifications(batch, [_sms(str(i)) for i in range(6)])
+            a.update_batch(batch, status=BatchStatus.CLAIMED)
+        frozen = contextlib.ExitStack()
+        frozen.enter_context(a.fenced())
+        frozen.enter_context(a.transaction())
+        a.set_meta("source.watermark", 7)  # the meta row, locked
+        a.conn.execute("SELECT seq FROM notifications WHERE batch_id = ? FOR UPDATE", (batch,))  # every row
+        _freeze(a)
+        started = time.monotonic()
+        while not b.take_pipeline():
+            assert time.monotonic() - started < LEASE + 3, "the frozen owner's locks held the takeover up"
+            time.sleep(0.1)
+        rows = b.claim_work(batch, "sms", (Delivery.PENDING,), limit=100)
+        assert len(rows) == 6  # no longer locked by the frozen one
+        with b.fenced(), b.transaction():
+            b.set_meta("source.watermark", 8)
+        assert time.monotonic() - started < LEASE + 4
+        with pytest.raises(StateDatabaseError, match=r"Lost connection|closed"), frozen:  # a wakes: cut off
+            a.set_meta("source.watermark", 9)
+        assert b.get_meta("source.watermark") == 8
+        # It reconnects for what comes next and is refused as the pipeline's writer.
+        with pytest.raises(PipelineLost), a.fenced(), a.transaction():
+            a.set_meta("source.watermark", 10)
+        assert b.get_meta("source.watermark") == 8
 
 
 # -- three real followers -------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 import mcnotify
-from mcnotify.errors import LeaseHeld
+from mcnotify.errors import LeaseHeld, StateDatabaseError
 from mcnotify.state import StateStore, Store, Token
 from mcnotify.state.interface import NewNotification, Outcome
-from mcnotify.state.mysql import LeaseLost, StateDatabaseError
+from mcnotify.state.mysql import LeaseLost
 from mcnotify.state.states import BatchStatus, Delivery, StepStatus
 from mcnotify.state.tokens import NoTokenCache, SqliteTokenCache
 

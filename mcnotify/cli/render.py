@@ -165,7 +165,7 @@ def render_status(cli: Application, data: dict[str, Any]) -> None:
     out = cli.out
     totals = ", ".join(f"{k} {v}" for k, v in sorted(data["totals"].items())) or "nothing yet"
     out.print(f"state {data['state']} · watermark {data['watermark']} · notifications: {totals}", markup=False)
-    if f := data.get("follower"):
+    if (f := data.get("follower")) and not data.get("processes"):  # else: the processes' lines below
         state = {True: "running", False: "not running", None: "on another host"}[f["alive"]]
         out.print(
             f"follower: {state} · {f['host']} pid {f['pid']} · since {when(f['since'])} · last cycle "
@@ -181,9 +181,12 @@ def render_status(cli: Application, data: dict[str, Any]) -> None:
             markup=False,
         )
         for p in data["processes"]:
+            doing = ""
+            if p.get("last_cycle") is not None:
+                doing = f" · last cycle {when(p['last_cycle'])} · {p['cycles']} cycles · waiting for {p['waiting_for']}"
             out.print(
                 f"  {p['role']} {p['host']} pid {p['pid']} · since {when(p['started_at'])} · last heartbeat"
-                f" {p['heartbeat_age']:.1f}s ago" + ("" if p["fresh"] else " (stale: dead or frozen?)"),
+                f" {p['heartbeat_age']:.1f}s ago" + ("" if p["fresh"] else " (stale: dead or frozen?)") + doing,
                 markup=False,
             )
     for channel, lat in sorted((data.get("latency_last_hour") or {}).items()):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
@@ -30,7 +30,7 @@ import pymysql.constants.FIELD_TYPE
 import pymysql.converters
 
 from mcnotify.config import hide_userinfo
-from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost
+from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost, StateDatabaseError
 from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
 from mcnotify.state.interface import Notification, Outcome, Store
 from mcnotify.state.mysql_schema import MIGRATIONS
@@ -39,6 +39,7 @@ from mcnotify.state.store import StateFileLost, StateStore
 from mcnotify.state.tokens import NoTokenCache, Token
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _UNSENDABLE = sql_list(UNSENDABLE)
 _OPEN = sql_list(OPEN)
@@ -50,6 +51,8 @@ _INVALID_MESSAGE_KEY = (
 # "Server has gone away", "Lost connection", "Connection not available" (a restart, a failover, an idle
 # timeout): the connection is new again and the statement is retried, but only between transactions.
 _GONE = {2006, 2013, 2055}
+# What a killed connection (KILL CONNECTION, below) or a server shutting down answers.
+_GONE |= {1053, 1927}
 # The session every connection starts with: a known sql_mode whatever the server's default (ANSI_QUOTES or
 # PIPES_AS_CONCAT would change what the SQL means; ONLY_FULL_GROUP_BY is not needed by it), and READ COMMITTED:
 # each statement sees what was committed before it, as a SQLite reader does, without InnoDB's gap locks.
@@ -62,10 +65,6 @@ PIPELINE_LEASE = "pipeline"  # the import pipeline (claiming, the subscriber fil
 FOLLOWER = "follower"
 _NOW = "UNIX_TIMESTAMP(NOW(6))"  # the database's clock decides every expiry: hosts' clocks need not agree
 _NO_LIMIT = 18446744073709551615  # MySQL's "no LIMIT" (SQLite's LIMIT -1)
-
-
-class StateDatabaseError(McnotifyError):
-    """A statement against the state database failed (the transaction it was in was rolled back)."""
 
 
 class LeaseLost(StateFileLost):
@@ -136,6 +135,16 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _detail(text: str | None) -> dict[str, Any]:
+    """A follower's own line (note_follower): its last cycle, cycles, what it waits for, since when it fails."""
+    try:
+        detail = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    keys = ("last_cycle", "cycles", "waiting_for", "failing_since")
+    return {k: detail.get(k) for k in keys} if isinstance(detail, dict) else {}
+
+
 def _dead_here(host: str, pid: int) -> bool:
     """A holder on this very host whose process is gone (SIGKILL, OOM): its lease is free now, as a flock would
     be, rather than after the lease runs out (a restarted follower need not wait). Elsewhere: only expiry tells.
@@ -188,6 +197,15 @@ class _Result:
         return iter(self._rows)
 
 
+def _identity(conn: pymysql.connections.Connection[Any]) -> tuple[int, str]:
+    """This connection as the server's processlist shows it: its id and its client's address and port (an id
+    alone could be another connection's after a server restart; both together cannot)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        row = cur.fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, "")
+
+
 class _Connection:
     """pymysql behind the sqlite3 calls the store makes: `?` placeholders, execute()/executemany() returning
     rows readable by name, and a reconnect when the server went away between transactions."""
@@ -197,13 +215,21 @@ class _Connection:
         self._read_only = read_only
         self._conn = target.connect(read_only)
         self.in_transaction = False
+        # Tracked for a follower (`track()`): the heartbeat publishes it, so that another process can end this
+        # connection should this one freeze inside a transaction, holding row locks.
+        self.identity: tuple[int, str] | None = None
+
+    def track(self) -> None:
+        self.identity = self._call(lambda: _identity(self._conn))
 
     def _reconnect(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
         self._conn = self._target.connect(self._read_only)
+        if self.identity is not None:
+            self.identity = self._call(lambda: _identity(self._conn))
 
-    def _retrying(self, call: Callable[[], _Result]) -> _Result:
+    def _retrying(self, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except (pymysql.OperationalError, pymysql.InterfaceError) as exc:
@@ -217,7 +243,7 @@ class _Connection:
         except pymysql.Error as exc:
             raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
 
-    def _call(self, call: Callable[[], _Result]) -> _Result:
+    def _call(self, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except pymysql.Error as exc:
@@ -509,6 +535,8 @@ class MySQLStore(StateStore):
             try:
                 if conn is None:
                     conn = self.target.connect()
+                    with conn.cursor() as cur:  # a row lock never holds the heartbeat up for long
+                        cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (max(1, int(interval)),))
                 with conn.cursor() as cur:
                     if self._generation is not None and not cur.execute(
                         f"UPDATE leases SET heartbeat_at = {_NOW}, expires_at = {_NOW} + %s"
@@ -518,9 +546,9 @@ class MySQLStore(StateStore):
                         log.warning("run lease on %s was taken over by another process", self.location)
                         self._lease_lost.set()
                         break
+                    renewed = time.monotonic()
                     if self.role is not None:
                         self._beat_shared(cur)
-                renewed = time.monotonic()
             except (pymysql.Error, StateDatabaseError, OSError) as exc:
                 log.warning("lease on %s not renewed: %s", self.location, _why(exc))
                 if conn is not None:
@@ -535,11 +563,14 @@ class MySQLStore(StateStore):
                 conn.close()
 
     def _beat_shared(self, cur: Any) -> None:
+        conn_id, conn_client = self.conn.identity or (None, None)
         cur.execute(
-            f"INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at) VALUES (%s, %s, %s, %s, {_NOW},"
-            f" {_NOW}) ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
-            (self._holder, socket.gethostname(), os.getpid(), self.role),
+            "INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at, conn_id, conn_client)"
+            f" VALUES (%s, %s, %s, %s, {_NOW}, {_NOW}, %s, %s) ON DUPLICATE KEY UPDATE"
+            " heartbeat_at = VALUES(heartbeat_at), conn_id = VALUES(conn_id), conn_client = VALUES(conn_client)",
+            (self._holder, socket.gethostname(), os.getpid(), self.role, conn_id, conn_client),
         )
+        self._end_frozen(cur)
         generation = self._pipeline
         if (
             generation is not None
@@ -557,6 +588,35 @@ class MySQLStore(StateStore):
             f"UPDATE notifications SET claim_expires = {_NOW} + %s WHERE claim_holder = %s",
             (self.lease, self._holder),
         )
+
+    def _end_frozen(self, cur: Any) -> None:
+        """End the database connection of every process whose heartbeat is a lease old (frozen by SIGSTOP, a VM
+        pause, a partition; a dead one's the server ends itself). Frozen inside a transaction, it would hold its
+        row locks (the pipeline lease row its fenced writes lock in share mode, rows it was claiming or
+        marking) for as long as it stays frozen, and every other process would wait on them: its transaction
+        is rolled back instead, and it finds, if it wakes, a lost connection and a lost lease. The server's
+        processlist must still show that id with the same client address: an id alone may be another
+        connection's after a server restart. Killing a connection of one's own user needs no privilege."""
+        cur.execute(
+            f"SELECT holder, host, pid, conn_id, conn_client FROM processes WHERE heartbeat_at < {_NOW} - %s"
+            " AND conn_id IS NOT NULL AND holder <> %s",
+            (self.lease, self._holder),
+        )
+        for holder, host, pid, conn_id, conn_client in cur.fetchall():
+            if cur.execute(
+                "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s AND HOST = %s", (conn_id, conn_client)
+            ):
+                try:
+                    cur.execute("KILL CONNECTION %s", (int(conn_id),))
+                    log.warning(
+                        "ended the state database connection of pid %s on %s: no heartbeat for %g s (frozen?)",
+                        pid,
+                        host,
+                        self.lease,
+                    )
+                except pymysql.Error as exc:  # gone meanwhile, or another database user's (needs a privilege)
+                    log.warning("could not end the connection of frozen pid %s on %s: %s", pid, host, _why(exc))
+            cur.execute("UPDATE processes SET conn_id = NULL WHERE holder = %s AND conn_id = %s", (holder, conn_id))
 
     # -- several processes on one database ----------------------------------------------------------------
     @property
@@ -578,6 +638,7 @@ class MySQLStore(StateStore):
         one-shot run holds it. The run lease row is locked meanwhile, so a one-shot and a follower never both
         start."""
         host, pid = socket.gethostname(), os.getpid()
+        self.conn.track()
         with self.transaction():
             row = self.conn.execute(
                 f"SELECT holder, host, pid, expires_at > {_NOW} AS held FROM leases WHERE name = ? FOR UPDATE",
@@ -595,10 +656,12 @@ class MySQLStore(StateStore):
                     f"a run holds the lease on {self.location}: pid {row['pid']} on {row['host']};"
                     " the follower starts once it is done"
                 )
+            conn_id, conn_client = self.conn.identity or (None, None)
             self.conn.execute(
-                "INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at)"
-                f" VALUES (?, ?, ?, ?, {_NOW}, {_NOW}) ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
-                (self._holder, host, pid, role),
+                "INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at, conn_id, conn_client)"
+                f" VALUES (?, ?, ?, ?, {_NOW}, {_NOW}, ?, ?)"
+                " ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
+                (self._holder, host, pid, role, conn_id, conn_client),
             )
             # Rows of processes gone for a day: status need not list them for ever.
             self.conn.execute(f"DELETE FROM processes WHERE heartbeat_at < {_NOW} - 86400")
@@ -624,6 +687,13 @@ class MySQLStore(StateStore):
         if self._pipeline is not None and not self._pipeline_lost.is_set():
             return True
         self._pipeline = None
+        # First without a lock: a live owner is the common case, and a frozen one may hold the row in share mode
+        # (a locking read would wait until the heartbeat of some process ends its connection).
+        row = self.conn.execute(
+            f"SELECT host, pid, expires_at > {_NOW} AS held FROM leases WHERE name = ?", (PIPELINE_LEASE,)
+        ).fetchone()
+        if row is not None and row["held"] and not _dead_here(str(row["host"]), int(row["pid"])):
+            return False
         with self.transaction():
             row = self.conn.execute(
                 f"SELECT holder, host, pid, generation, expires_at > {_NOW} AS held FROM leases WHERE name = ?"
@@ -768,10 +838,11 @@ class MySQLStore(StateStore):
                 "last_heartbeat": float(r["heartbeat_at"]),
                 "heartbeat_age": round(max(0.0, float(r["age"])), 3),
                 "fresh": float(r["age"]) <= self.lease,
+                **_detail(r["detail"]),
             }
             for r in self.conn.execute(
-                f"SELECT host, pid, role, started_at, heartbeat_at, {_NOW} - heartbeat_at AS age FROM processes"
-                " ORDER BY started_at"
+                f"SELECT host, pid, role, started_at, heartbeat_at, {_NOW} - heartbeat_at AS age, detail"
+                " FROM processes ORDER BY started_at"
             )
         ]
 
@@ -790,6 +861,13 @@ class MySQLStore(StateStore):
             "generation": int(row["generation"]),
             "expires_in": round(float(row["left_s"]), 3),
         }
+
+    def note_follower(self, info: dict[str, Any]) -> None:
+        """Each follower's own row (autocommit: no row shared by all of them for a frozen one to hold locked)."""
+        if self.role is None or info.get("stopped"):  # the last one to stop leaves its line for `status`
+            super().note_follower(info)
+        if self.role is not None:
+            self.conn.execute("UPDATE processes SET detail = ? WHERE holder = ?", (json.dumps(info), self._holder))
 
     def _unregister(self) -> None:
         """A clean stop: the pipeline and the claims are free at once (no one waits for them to expire)."""

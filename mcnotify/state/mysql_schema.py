@@ -143,6 +143,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE notifications ADD COLUMN claim_holder VARCHAR(255), ADD COLUMN claim_expires DOUBLE,"
         " ADD INDEX notifications_claim (claim_holder)",
     ],
+    # 6: a process's connection to this database (its id and client address, as the server's processlist shows
+    # them): one frozen mid-transaction holds row locks until that connection dies, so another process ends it
+    # once its heartbeat is a lease old. And what each follower is doing, for `status` (one row each).
+    [
+        "ALTER TABLE processes ADD COLUMN conn_id BIGINT, ADD COLUMN conn_client VARCHAR(255), ADD COLUMN detail TEXT",
+    ],
 ]
 
 # The tables of the state, parents first (the order a copy inserts them in).

@@ -50,3 +50,6 @@ class StepStatus(StrEnum):
 def sql_list(values: tuple[StrEnum, ...]) -> str:
     """`('a', 'b')` for an SQL IN: the enums' own values, never outside input."""
     return "(" + ", ".join(f"'{v.value}'" for v in values) + ")"
+
+
+FOLLOWER_META = "follower"  # meta key: who follows, since when, its last cycle, what it waits for (a state file)

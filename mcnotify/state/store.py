@@ -31,6 +31,7 @@ from mcnotify.state.interface import (
 )
 from mcnotify.state.schema import MIGRATIONS
 from mcnotify.state.states import (
+    FOLLOWER_META,
     NOT_YET_IMPORTED,
     OPEN,
     UNSENDABLE,
@@ -255,6 +256,10 @@ class StateStore:
 
     def pipeline_owner(self) -> dict[str, Any] | None:
         return None
+
+    def note_follower(self, info: dict[str, Any]) -> None:
+        with self.transaction():
+            self.set_meta(FOLLOWER_META, info)
 
     def claim_work(
         self,

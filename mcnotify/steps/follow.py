@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import sqlite3
 import time
@@ -24,14 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcnotify import hooks
-from mcnotify.errors import ConfigError, ImportPending, McnotifyError, PipelineLost, Stopped
+from mcnotify.errors import ConfigError, ImportPending, McnotifyError, PipelineLost, StateDatabaseError, Stopped
 from mcnotify.state.states import BatchStatus
 from mcnotify.state.store import StateFileLost
 from mcnotify.steps import Context, send, sync, wait_import
 
-FOLLOWER = "follower"  # meta key: who follows, since when, its last cycle, what it waits for
 ROLE = "follower"  # how a follower registers among the processes sharing a state (MariaDB)
 MAX_BACKOFF = 60.0
+STATE_BACKOFF = 4.0  # at most, between tries of a state database that is away
 METRICS_EVERY = 15.0
 HEARTBEAT_EVERY = 5.0  # the follower's line in `status`: its last cycle is at most this old
 log = logging.getLogger("mcnotify")
@@ -96,8 +97,11 @@ class Follower:
             except (McnotifyError, sqlite3.OperationalError, OSError) as exc:
                 self.dirty = True  # a send may have been cut short: the next pass tries again
                 self._failed(exc)
-                self._pause(self.backoff)
-                self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+                # Jittered (followers sharing a database retry apart, not in lockstep); the state database (a
+                # restart, a failover) is tried again within seconds: work waits on it, and a try costs little.
+                self._pause(self.backoff * random.uniform(0.5, 1.0))
+                cap = STATE_BACKOFF if isinstance(exc, StateDatabaseError) else MAX_BACKOFF
+                self.backoff = min(self.backoff * 2, cap)
                 continue
             self._recovered()
             self.backoff = self.poll
@@ -248,20 +252,18 @@ class Follower:
 
     def _heartbeat(self, stopped: bool = False) -> None:
         self.heartbeat_at = self.clock()
-        with self.ctx.store.transaction():
-            self.ctx.store.set_meta(
-                FOLLOWER,
-                {
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "since": self.started,
-                    "last_cycle": time.time(),
-                    "cycles": self.report.cycles,
-                    "waiting_for": "stopped" if stopped else self.waiting_for,
-                    "failing_since": None if self.outage is None else self.outage.since_wall,
-                    "stopped": stopped,
-                },
-            )
+        self.ctx.store.note_follower(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": self.started,
+                "last_cycle": time.time(),
+                "cycles": self.report.cycles,
+                "waiting_for": "stopped" if stopped else self.waiting_for,
+                "failing_since": None if self.outage is None else self.outage.since_wall,
+                "stopped": stopped,
+            },
+        )
 
 
 def run(ctx: Context) -> FollowReport:
