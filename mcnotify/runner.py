@@ -73,16 +73,25 @@ def _lock(store: Store, role: str | None = None) -> None:
     except ValueError:
         raise ConfigError(f"{LOCK_WAIT} must be a number of seconds") from None
     deadline = time.monotonic() + wait
+    told = False
     while True:
         try:
             store.register(role) if role else store.lock()
             return
         except LockHeld as exc:
-            if time.monotonic() >= deadline:
+            waits_for_run = role is not None and isinstance(exc, LeaseHeld)
+            if waits_for_run:
+                # A follower on a shared database and a one-shot run holding it (a timer's, an operator's): that
+                # run ends soon, and the follower starts then rather than exit (and be restarted, backing off).
+                if not told:
+                    logging.getLogger(__name__).warning("%s", exc)
+                    told = True
+            elif time.monotonic() >= deadline:
                 if isinstance(exc, LeaseHeld):  # the lease row names its holder already
                     raise
                 raise LockHeld(_lock_holder(store) or str(exc)) from None
-        stop.sleep(min(0.2, max(0.0, deadline - time.monotonic())))  # Stopped on a stop request
+        pause = 1.0 if waits_for_run else max(0.0, deadline - time.monotonic())
+        stop.sleep(min(0.2, pause))  # Stopped on a stop request
 
 
 def _lock_holder(store: Store) -> str | None:

@@ -4,6 +4,7 @@ between processes, and `state migrate` from an existing SQLite state."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -119,6 +120,37 @@ def test_a_one_shot_run_exits_75_while_a_follower_works_and_goes_ahead_once_it_d
             holder.kill()
             holder.wait()
     assert len(env.accepted()) == 9 and max(Counter(m["messageKey"] for m in env.accepted()).values()) == 1
+
+
+def test_a_follower_waits_for_a_one_shot_run_to_finish_instead_of_exiting(env: Env, app_db: Any, state_db: str) -> None:
+    """A timer's run holds the database's lease when a follower starts (a deploy, a restart): the follower says
+    so once and starts when that run ends, rather than exit 75 and be restarted with a growing backoff."""
+    use_database(env, state_db, lease=3.0)
+    app_db(event_rows(1, people(2)))
+    one_shot = MySQLStore(Target.from_url(state_db), lease=3.0)
+    one_shot.lock()
+    command = [sys.executable, "-m", "mcnotify", "--config", str(env.config), "run-all", "--follow"]
+    follower = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert follower.poll() is None, follower.communicate()
+        assert _followers(state_db) == [] and env.accepted() == []
+        one_shot.close()  # the run ends
+        deadline = time.monotonic() + 20
+        while len(env.accepted()) < 6:
+            assert follower.poll() is None, follower.communicate()
+            assert time.monotonic() < deadline, "the follower did not start after the run"
+            time.sleep(0.1)
+        assert _followers(state_db) == [follower.pid]
+        follower.send_signal(signal.SIGTERM)
+        _, err = follower.communicate(timeout=20)
+    finally:
+        one_shot.close()
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert err.count("a run holds the lease") == 1 and f"pid {os.getpid()}" in err, err
 
 
 def test_state_migrate_copies_the_sqlite_state_and_refuses_a_used_database(
