@@ -1,7 +1,7 @@
 """Send throughput of followers: three `run-all --follow` sharing one MariaDB state against one on the SQLite
 file (issue 13: the database must not be the bottleneck). Figures only; no test asserts timings.
 
-    python bench/shared_send.py [--messages 20000] [--latency-ms 50] [--followers 3]
+    python bench/shared_send.py [--messages 100000] [--latency-ms 50] [--followers 3] [--repeat 3]
 
 Each backend: a one-shot `sync` and `wait-import` make the messages ready (transactional email), then the
 followers start and the clock runs until the state records every message sent (wall time, from the followers'
@@ -11,6 +11,7 @@ start, so their start-up is included).
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import subprocess
 import sys
@@ -24,12 +25,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import run as bench  # noqa: E402  (bench/run.py: the sandbox and config helpers)
 
+ANY_LEFT = "SELECT COUNT(*) FROM (SELECT 1 FROM notifications WHERE status IN ('pending', 'sending') LIMIT 1) AS t"
 
-def _sent(state: Path | str) -> int:
+
+def _left(state: Path | str) -> int:
+    """1 while a message is not yet recorded sent, else 0 (an index probe: polling must not load the database)."""
     if isinstance(state, Path):
         conn = sqlite3.connect(state)
         try:
-            return int(conn.execute("SELECT count(*) FROM notifications WHERE status = 'sent'").fetchone()[0])
+            query = (
+                "SELECT COUNT(*) FROM (SELECT 1 FROM notifications WHERE status IN ('pending', 'sending') LIMIT 1) AS t"
+            )
+            return int(conn.execute(query).fetchone()[0])
         finally:
             conn.close()
     from mcnotify.state.mysql import Target
@@ -37,28 +44,44 @@ def _sent(state: Path | str) -> int:
     db = Target.from_url(state).connect()
     try:
         with db.cursor() as cur:
-            cur.execute("SELECT count(*) FROM notifications WHERE status = 'sent'")
+            cur.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM notifications WHERE status IN ('pending', 'sending') LIMIT 1) AS t"
+            )
             row = cur.fetchone()
             return int(row[0]) if row else 0
     finally:
         db.close()
 
 
-def measure(config: Path, state: Path | str, followers: int, messages: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    config: Path, state: Path | str, followers: int, messages: int, others: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """Wall seconds until every message is recorded sent, and the CPU seconds spent meanwhile by the followers
+    and by `others` (name: pid: the sandbox, the database server)."""
     cli = [*bench.MCNOTIFY, "-q", "--config", str(config)]
     subprocess.run([*cli, "sync"], check=True, capture_output=True)
     subprocess.run([*cli, "wait-import"], check=True, capture_output=True)
+    before = {name: cpu_seconds(pid) for name, pid in others.items()}
     started = time.perf_counter()
     procs = [
         subprocess.Popen([*cli, "run-all", "--follow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(followers)
     ]
     try:
-        while _sent(state) < messages:
+        while _left(state) > 0:
             if time.perf_counter() - started > 600:
                 raise SystemExit("not everything was sent within 10 minutes")
-            time.sleep(0.05)
-        return time.perf_counter() - started
+            time.sleep(0.2)
+        wall = time.perf_counter() - started
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in others.items()}
+        cpu["followers"] = sum(cpu_seconds(p.pid) for p in procs)
+        return wall, cpu
     finally:
         for proc in procs:
             proc.terminate()
@@ -68,16 +91,17 @@ def measure(config: Path, state: Path | str, followers: int, messages: int) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--followers", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; the median is reported")
     args = parser.parse_args()
     from tests.services import start_mariadb
 
     db = start_mariadb()
-    results: dict[str, float] = {}
+    results: dict[str, list[tuple[float, dict[str, float]]]] = {}
     try:
-        for name in ("sqlite", "mysql"):
+        for name in ("sqlite", "mysql") * args.repeat:
             with tempfile.TemporaryDirectory(prefix="mcnotify-bench-") as tmp:
                 workdir = Path(tmp)
                 sandbox, base = bench.start_sandbox(workdir, args.latency_ms, import_lag=0.2)
@@ -97,14 +121,22 @@ def main() -> None:
                         config.write_text(text)
                         followers = args.followers
                     config.chmod(0o600)
-                    results[f"{name} x{followers}"] = measure(config, state, followers, args.messages)
+                    others = {"sandbox": sandbox.pid, **({"mariadbd": db.proc.pid} if name == "mysql" else {})}
+                    run = measure(config, state, followers, args.messages, others)
+                    results.setdefault(f"{name} x{followers}", []).append(run)
                 finally:
                     bench.stop(sandbox)
     finally:
         db.stop()
     print(f"send throughput, {args.messages:,} transactional emails ready, {args.latency_ms:g} ms MC latency:")
-    for label, seconds in results.items():
-        print(f"  {label:<10} {seconds:6.2f} s  {args.messages / seconds:8,.0f} messages/s")
+    for label, runs in results.items():
+        seconds, cpu = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # the median run
+        spent = ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
+        rates = ", ".join(f"{args.messages / r[0]:,.0f}" for r in runs)
+        print(
+            f"  {label:<10} {seconds:6.2f} s  {args.messages / seconds:8,.0f} messages/s (median of {rates})"
+            f"   CPU seconds: {spent}"
+        )
 
 
 if __name__ == "__main__":

@@ -497,13 +497,18 @@ def redact_url(url: str) -> str:
     return f"{head}***@{rest}"
 
 
-def url_secrets(url: str, bare_user_is_secret: bool = True) -> list[str]:
+def url_secrets(url: str, bare_user_is_secret: bool | None = None) -> list[str]:
     """The parts of a URL's userinfo that must be scrubbed from text (raw and percent-decoded). A userinfo with
-    no colon may be a token (scrubbed), or, where the scheme says so (`bare_user_is_secret=False`), a user name
-    whose password comes from elsewhere (kept: masking every "mcnotify" in paths helps nobody)."""
+    no colon may be a token (scrubbed), or a user name whose password comes from elsewhere (kept: masking every
+    "mcnotify" in paths, such as /etc/mcnotify/credentials, helps nobody). Unless told, the scheme decides: a
+    database URL (mysql://) names a user."""
+    if "://" not in url:  # not a URL: an address such as smtp_from's mcnotify@localhost has no userinfo
+        return []
     _, userinfo, _ = _split_userinfo(url)
     if not userinfo:
         return []
+    if bare_user_is_secret is None:
+        bare_user_is_secret = not url.strip().lower().startswith(("mysql://", "mysql+pymysql://", "mariadb://"))
     _, colon, password = userinfo.partition(":")
     if not colon and not bare_user_is_secret:
         return []

@@ -188,3 +188,21 @@ def test_a_state_url_user_without_a_password_is_not_treated_as_a_secret() -> Non
 
     assert url_secrets("mysql://mcnotify@127.0.0.1/state", bare_user_is_secret=False) == []
     assert "pw" in url_secrets("mysql://mcnotify:pw@127.0.0.1/state", bare_user_is_secret=False)
+
+
+def test_a_source_url_user_name_is_shown_but_its_password_never(tmp_path: Path) -> None:
+    """A mysql:// source URL's bare user is a user name (its password comes from password_file): masking it
+    turned the credentials folder of every message into /etc/***/credentials. A userinfo of another scheme may
+    be a token, and stays masked."""
+    from mcnotify.config import url_secrets
+
+    assert url_secrets("mysql://mcnotify@db.internal:3306/app") == []
+    assert set(url_secrets("mysql://mcnotify:s3cr%2Ft@db/app")) >= {"s3cr%2Ft", "s3cr/t"}
+    assert set(url_secrets("https://tok3n@example.com/x")) == {"tok3n"}
+    config = tmp_path / "c.toml"
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    config.write_text(text.replace('path = "/var/lib/mcnotify/state.db"', f'path = "{tmp_path / "s.db"}"'))
+    config.chmod(0o600)
+    result = run_cli(config, "status")
+    assert result.exit_code == 78
+    assert "/etc/mcnotify/credentials" in result.output and "***" not in result.output, result.output

@@ -146,6 +146,36 @@ def test_a_follower_frozen_inside_a_transaction_is_cut_off_and_its_row_locks_fre
         assert b.get_meta("source.watermark") == 8
 
 
+def test_an_owner_that_loses_the_pipeline_during_its_upload_publishes_nothing(env: Env, state_db: str) -> None:
+    """No transaction covers an SFTP upload, which can take long: the lease is checked again once the file is up
+    under a name of its own, before it takes the name MC imports. A takeover meanwhile (the uploader froze)
+    leaves the file MC imports as the new owner made it, and no partial file behind."""
+    from mcnotify.config import load
+    from mcnotify.mc import sftp
+
+    section = load(env.config).sftp
+    (env.import_dir / section.file_name).write_bytes(b"the new owner's file\r\n")
+    local = env.tmp / "stale.csv"
+    local.write_bytes(b"SubscriberKey,EmailAddress\r\n" + b"k,old@example.com\r\n" * 20000)
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        assert a.take_pipeline()
+
+        def frozen_then_woken() -> None:
+            _freeze(a)  # the upload took longer than the lease: another took the pipeline over
+            deadline = time.monotonic() + LEASE + 3
+            while not b.take_pipeline():
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            a.check_fence()
+
+        with pytest.raises(PipelineLost):
+            sftp.upload(section, local, section.file_name, before_publish=frozen_then_woken)
+    assert (env.import_dir / section.file_name).read_bytes() == b"the new owner's file\r\n"
+    assert sorted(p.name for p in env.import_dir.iterdir()) == [section.file_name]
+
+
 # -- three real followers -------------------------------------------------------------------------------------
 def _follower(env: Env, name: str) -> tuple[subprocess.Popen[str], Path]:
     log = env.tmp / f"{name}.log"

@@ -44,6 +44,10 @@ def test_run_all_and_the_operator_commands_on_the_mariadb_state(env: Env, app_db
     preview = run_cli(env.config, "run-all", "--dry-run")
     assert preview.exit_code == 0, preview.output
     assert env.accepted() == [] and counts(state_db) == {}  # a preview of an unmigrated database writes nothing
+    before = run_cli(env.config, "status")  # it names the database, not a state file that is not configured
+    database = state_db.rsplit("/", 1)[1]
+    assert before.exit_code == 0 and f"{database} (empty: no mcnotify run has set it up yet)" in before.output
+    assert "state.db" not in before.output, before.output
     first = run_cli(env.config, "run-all")
     assert first.exit_code == 0, first.output
     accepted = env.accepted()

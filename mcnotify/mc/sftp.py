@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import posixpath
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,16 +137,31 @@ class _Unreachable(Exception):
     """A connection attempt that failed in a way worth retrying (the network, not the key or the login)."""
 
 
-def upload(section: SftpSettings, local_path: Path, remote_name: str) -> str:
+def upload(
+    section: SftpSettings, local_path: Path, remote_name: str, before_publish: Callable[[], None] | None = None
+) -> str:
     """Upload `local_path` as `remote_dir/remote_name`; returns the remote path. Never leaves a partial file
-    under the final name: MC may import whatever it finds there."""
-    return _stoppable(section, "SFTP upload to", lambda clients: _upload(section, local_path, remote_name, clients))
+    under the final name: MC may import whatever it finds there. `before_publish` runs between the upload (under
+    a name of this upload's own) and the rename to the final name; if it raises, the upload is removed."""
+    return _stoppable(
+        section,
+        "SFTP upload to",
+        lambda clients: _upload(section, local_path, remote_name, clients, before_publish),
+    )
 
 
-def _upload(section: SftpSettings, local_path: Path, remote_name: str, clients: list[paramiko.SSHClient]) -> str:
+def _upload(
+    section: SftpSettings,
+    local_path: Path,
+    remote_name: str,
+    clients: list[paramiko.SSHClient],
+    before_publish: Callable[[], None] | None = None,
+) -> str:
     remote_dir = section.remote_dir
     final = posixpath.join(remote_dir, remote_name)
-    partial = posixpath.join(remote_dir, f"{remote_name}.part")
+    # A name of this upload's own: another process's upload of the same file (a follower that took the
+    # pipeline over while this one was frozen) never writes into this one's, nor this one into its.
+    partial = posixpath.join(remote_dir, f"{remote_name}.{secrets.token_hex(4)}.part")
     client = _connect(section, clients)
     try:
         sftp = client.open_sftp()
@@ -154,6 +170,13 @@ def _upload(section: SftpSettings, local_path: Path, remote_name: str, clients: 
         started = time.monotonic()
         try:
             sftp.put(str(local_path), partial, confirm=True)
+            if before_publish is not None:
+                try:
+                    before_publish()
+                except BaseException:
+                    with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                        sftp.remove(partial)
+                    raise
             try:
                 sftp.posix_rename(partial, final)
             except OSError:

@@ -28,7 +28,9 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Store:
     store = MySQLStore(target, read_only=read_only, lease=section.lease)
     if read_only and not store.migrated():
         store.close()
-        return StateStore(settings.state_path, memory=True, read_only=True)
+        preview = StateStore(settings.state_path, memory=True, read_only=True)
+        preview.location = f"{target.location} (empty: no mcnotify run has set it up yet)"
+        return preview
     return store
 
 

@@ -10,6 +10,7 @@ migrations, the run lock as a lease row, the token cache).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -145,6 +146,12 @@ def _detail(text: str | None) -> dict[str, Any]:
     return {k: detail.get(k) for k in keys} if isinstance(detail, dict) else {}
 
 
+def _claim_of(holder: str) -> str:
+    """The mark a process's send claims carry: fixed-width (a claim and its release rewrite the row in place),
+    and derived from the holder, so that another process can free a dead one's claims."""
+    return hashlib.blake2b(holder.encode(), digest_size=8).hexdigest()
+
+
 def _dead_here(host: str, pid: int) -> bool:
     """A holder on this very host whose process is gone (SIGKILL, OOM): its lease is free now, as a flock would
     be, rather than after the lease runs out (a restarted follower need not wait). Elsewhere: only expiry tells.
@@ -164,10 +171,12 @@ class Row(tuple[Any, ...]):
     """A result row as sqlite3.Row is read: by index, by column name, and by dict()."""
 
     _names: tuple[str, ...]
+    _index: dict[str, int]  # one per result, shared by its rows
 
-    def __new__(cls, values: Sequence[Any], names: tuple[str, ...]) -> Row:
+    def __new__(cls, values: Sequence[Any], names: tuple[str, ...], index: dict[str, int]) -> Row:
         row = super().__new__(cls, values)
         row._names = names
+        row._index = index
         return row
 
     def keys(self) -> tuple[str, ...]:
@@ -175,7 +184,7 @@ class Row(tuple[Any, ...]):
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
-            return tuple.__getitem__(self, self._names.index(key))
+            return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)
 
 
@@ -258,7 +267,8 @@ class _Connection:
         rows: list[Row] = []
         if cur.description:
             names = tuple(d[0] for d in cur.description)
-            rows = [Row(r, names) for r in cur.fetchall()]
+            index = {name: i for i, name in enumerate(names)}
+            rows = [Row(r, names, index) for r in cur.fetchall()]
         return _Result(rows, cur.rowcount, cur.lastrowid or None)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> _Result:
@@ -375,6 +385,7 @@ class MySQLStore(StateStore):
         self._lock_fd = None
         self._tried_fd = None
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._claim = _claim_of(self._holder)
         self._generation: int | None = None
         self._heartbeat: threading.Thread | None = None
         self._stop_heartbeat = threading.Event()
@@ -383,6 +394,8 @@ class MySQLStore(StateStore):
         self._pipeline: int | None = None  # the pipeline lease's generation while this process owns it
         self._pipeline_lost = threading.Event()
         self._fence = 0  # inside fenced(): every transaction checks the pipeline lease first
+        self._claims: set[int] = set()  # the seqs this follower claims and has not recorded or released
+        self._claims_lock = threading.Lock()  # (the heartbeat thread renews them)
         self.conn = _Connection(target, read_only)
         try:
             if read_only:
@@ -583,11 +596,17 @@ class MySQLStore(StateStore):
         ):
             log.warning("the import pipeline on %s was taken over by another process", self.location)
             self._pipeline_lost.set()
-        # Claims live as long as their holder: a dead or frozen one's expire within the lease.
-        cur.execute(
-            f"UPDATE notifications SET claim_expires = {_NOW} + %s WHERE claim_holder = %s",
-            (self.lease, self._holder),
-        )
+        # Claims live as long as their holder: a dead or frozen one's expire within the lease. Renewed by seq
+        # (this process knows what it holds): no index on the holder for every claim and release to update.
+        with self._claims_lock:
+            held = sorted(self._claims)
+        for start in range(0, len(held), 5000):
+            part = held[start : start + 5000]
+            cur.execute(
+                f"UPDATE notifications SET claim_expires = {_NOW} + %s"
+                f" WHERE seq IN ({','.join(['%s'] * len(part))}) AND claim_holder = %s",
+                (self.lease, *part, self._claim),
+            )
 
     def _end_frozen(self, cur: Any) -> None:
         """End the database connection of every process whose heartbeat is a lease old (frozen by SIGSTOP, a VM
@@ -672,8 +691,9 @@ class MySQLStore(StateStore):
             ).fetchall()
             for other in others:
                 if _dead_here(host, int(other["pid"])):
-                    self.conn.execute(
-                        "UPDATE notifications SET claim_holder = NULL WHERE claim_holder = ?", (other["holder"],)
+                    self.conn.execute(  # (only open rows can be claimed: the status index finds them)
+                        f"UPDATE notifications SET claim_holder = '' WHERE status IN {_OPEN} AND claim_holder = ?",
+                        (_claim_of(str(other["holder"])),),
                     )
                     self.conn.execute("DELETE FROM processes WHERE holder = ?", (other["holder"],))
         self.role = role
@@ -756,42 +776,64 @@ class MySQLStore(StateStore):
     ) -> list[Notification]:
         """`work`, claimed for this process: rows nobody claims (or whose claim expired, or ours) are locked
         with SKIP LOCKED (another process claiming at the same time takes other rows, never waits) and claimed
-        in the same transaction. A page is one claim: one round trip per page, not per row."""
+        in the same transaction. A page is one claim: a few round trips per page, not per row."""
         if self.role is None:
             return self.work(batch_id, channel, statuses, template, after, limit, known_only)
-        where = (
-            f"batch_id = ? AND channel = ? AND status IN ({','.join('?' * len(statuses))}) AND seq > ?"
-            + (f" AND {self._KNOWN}" if known_only else "")
-            + (" AND template = ?" if template is not None else "")
-            + f" AND (claim_holder IS NULL OR claim_holder = ? OR claim_expires < {_NOW})"
-        )
-        args: list[Any] = [batch_id, channel, *statuses, after, *([template] if template is not None else [])]
         with self.transaction():
-            seqs = [
-                int(r[0])
-                for r in self.conn.execute(
-                    f"SELECT seq FROM notifications WHERE {where} ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED",
-                    (*args, self._holder, _NO_LIMIT if limit < 0 else limit),
+            rows = self._page(batch_id, channel, statuses, template, after, limit, known_only, claim=True)
+            if rows:
+                self.conn.execute(
+                    f"UPDATE notifications SET claim_holder = ?, claim_expires = {_NOW} + ?"
+                    f" WHERE seq IN ({','.join('?' * len(rows))})",
+                    (self._claim, self.lease, *(n.seq for n in rows)),
                 )
-            ]
-            if not seqs:
-                return []
-            marks = ",".join("?" * len(seqs))
-            self.conn.execute(
-                f"UPDATE notifications SET claim_holder = ?, claim_expires = {_NOW} + ? WHERE seq IN ({marks})",
-                (self._holder, self.lease, *seqs),
-            )
-            rows = self.conn.execute(
-                "SELECT seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes,"
-                f" from_name, status, message_key FROM notifications WHERE seq IN ({marks}) ORDER BY seq",
-                seqs,
-            ).fetchall()
-        out = []
-        for r in rows:
-            d = dict(zip(r.keys(), r, strict=True))
-            d["attributes"] = json.loads(d["attributes"])
-            out.append(Notification(**d))
-        return out
+        with self._claims_lock:
+            self._claims.update(n.seq for n in rows)
+        return rows
+
+    _COLUMNS = (
+        "seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes, from_name,"
+        " status, message_key"
+    )
+
+    def _page(
+        self,
+        batch_id: int,
+        channel: str,
+        statuses: Sequence[str],
+        template: str | None,
+        after: int,
+        limit: int,
+        known_only: bool,
+        claim: bool = False,
+    ) -> list[Notification]:
+        """A page of work, oldest first. One query per status, each an equality: the index (batch, channel,
+        template, status, seq) then yields rows in seq order from `after` on, and the query stops at the limit
+        (`status IN (...)` reads and sorts every open row of the batch for each page: quadratic in a large batch).
+        `claim`: only rows free to claim, locked with SKIP LOCKED."""
+        where = (
+            "batch_id = ? AND channel = ? AND status = ? AND seq > ?"
+            + (" AND template = ?" if template is not None else "")
+            + (f" AND {self._KNOWN}" if known_only else "")
+            + (f" AND (claim_holder = '' OR claim_holder = ? OR claim_expires < {_NOW})" if claim else "")
+        )
+        locking = " FOR UPDATE SKIP LOCKED" if claim else ""
+        # Named: left to itself, the optimizer takes (batch, channel, status) and walks it from the batch's first
+        # row on every page, skipping those before `after` one by one.
+        table = "notifications FORCE INDEX (notifications_send)" if template is not None else "notifications"
+        found: list[Notification] = []
+        for status in statuses:
+            args = [batch_id, channel, status, after, *([template] if template is not None else [])]
+            for r in self.conn.execute(
+                f"SELECT {self._COLUMNS} FROM {table} WHERE {where} ORDER BY seq LIMIT ?{locking}",
+                (*args, *([self._claim] if claim else []), _NO_LIMIT if limit < 0 else limit),
+            ):
+                d = dict(zip(r.keys(), r, strict=True))
+                d["attributes"] = json.loads(d["attributes"])
+                found.append(Notification(**d))
+        if len(statuses) > 1:
+            found.sort(key=lambda n: n.seq)
+        return found if limit < 0 else found[:limit]
 
     def mark(self, seqs: Sequence[int], status: str) -> int:
         """A follower marks only rows it still claims: one whose claim expired while it was frozen may be in
@@ -803,7 +845,7 @@ class MySQLStore(StateStore):
         cur = self.conn.execute(
             f"UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ?"
             f" WHERE seq IN ({','.join('?' * len(seqs))}) AND claim_holder = ?",
-            (status, time.time(), *seqs, self._holder),
+            (status, time.time(), *seqs, self._claim),
         )
         return max(cur.rowcount, 0)
 
@@ -814,6 +856,8 @@ class MySQLStore(StateStore):
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for o in outcomes:
             groups.setdefault((o.status, o.error_code, o.reason), []).append(o.seq)
+        with self._claims_lock:  # recorded: no longer this process's to renew or release (the column may stay)
+            self._claims.difference_update(s for seqs in groups.values() for s in seqs)
         for (status, code, reason), seqs in groups.items():
             sent_at = "?" if status == Delivery.SENT else "sent_at"
             self.conn.execute(
@@ -823,8 +867,19 @@ class MySQLStore(StateStore):
             )
 
     def release_claims(self) -> None:
-        if self.role is not None:
-            self.conn.execute("UPDATE notifications SET claim_holder = NULL WHERE claim_holder = ?", (self._holder,))
+        if self.role is None:
+            return
+        with self._claims_lock:
+            held = sorted(self._claims)
+        for start in range(0, len(held), 5000):
+            part = held[start : start + 5000]
+            self.conn.execute(
+                f"UPDATE notifications SET claim_holder = '' WHERE seq IN ({','.join('?' * len(part))})"
+                " AND claim_holder = ?",
+                (*part, self._claim),
+            )
+        with self._claims_lock:
+            self._claims.difference_update(held)
 
     def processes(self) -> list[dict[str, Any]]:
         if not self.migrated():  # a preview of an older schema: no processes table yet
@@ -1059,7 +1114,7 @@ class MySQLStore(StateStore):
         limit: int = -1,
         known_only: bool = False,
     ) -> list[Notification]:
-        return super().work(batch_id, channel, statuses, template, after, _NO_LIMIT if limit < 0 else limit, known_only)
+        return self._page(batch_id, channel, statuses, template, after, limit, known_only)
 
     def readdress_to_newest(self, batch_id: int) -> int:
         mine = f"n.batch_id = ? AND n.channel = 'email' AND n.status = '{Delivery.PENDING}'"

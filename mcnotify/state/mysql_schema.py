@@ -149,6 +149,18 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE processes ADD COLUMN conn_id BIGINT, ADD COLUMN conn_client VARCHAR(255), ADD COLUMN detail TEXT",
     ],
+    # 7: fewer indexes for every claim and every recorded send to update. Claims are renewed and released by seq
+    # (each process knows its own): no index on the holder. (batch, channel, status) is served by
+    # notifications_pending (status, channel, batch) and, without a status, by the indexes that start with
+    # (batch, channel).
+    # The claim's columns become fixed-width and NOT NULL: claiming and releasing rewrite the row in place.
+    # (Claims live a lease long: the upgrade drops those in flight, as a restart of the followers would.)
+    [
+        "ALTER TABLE notifications DROP INDEX notifications_claim, DROP INDEX notifications_work,"
+        " DROP COLUMN claim_holder, DROP COLUMN claim_expires,"
+        " ADD COLUMN claim_holder CHAR(16) CHARACTER SET ascii NOT NULL DEFAULT '',"
+        " ADD COLUMN claim_expires DOUBLE NOT NULL DEFAULT 0"
+    ],
 ]
 
 # The tables of the state, parents first (the order a copy inserts them in).

@@ -59,13 +59,21 @@ class Context:
                 self._client = McClient(section, tokens, sleep=self.sleep)
         return self._client
 
-    def upload(self, section: SftpSettings, local_path: Path, remote_name: str) -> str:
-        """Upload a file to MC's SFTP; refused in a dry run, where the side effect would happen."""
+    def upload(
+        self,
+        section: SftpSettings,
+        local_path: Path,
+        remote_name: str,
+        before_publish: Callable[[], None] | None = None,
+    ) -> str:
+        """Upload a file to MC's SFTP; refused in a dry run, where the side effect would happen.
+        `before_publish` runs once the file is up under a name of its own, right before it takes the final name
+        (raising there leaves nothing behind)."""
         if self.dry_run:
             raise DryRunRefused(f"dry run: refusing to upload {remote_name} over SFTP")
         from mcnotify.mc import sftp  # paramiko is slow to import
 
-        return sftp.upload(section, local_path, remote_name)
+        return sftp.upload(section, local_path, remote_name, before_publish)
 
     @property
     def stopping(self) -> bool:

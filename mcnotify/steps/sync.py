@@ -239,8 +239,10 @@ def _upload(ctx: Context, batch_id: int, report: SyncReport) -> None:
             report.note = "nothing to upload"
             return
         ctx.progress(f"sync: uploading {report.csv_rows} subscribers over SFTP to {sftp_section.host}")
-        store.check_fence()  # no transaction covers the upload: a pipeline taken over since must not overwrite
-        remote = ctx.upload(sftp_section, Path(tmp), sftp_section.file_name)
+        # No transaction covers the upload: a pipeline taken over since must not replace the file. Checked before
+        # and again once the file is up, right before it takes the name MC imports (an upload can take long).
+        store.check_fence()
+        remote = ctx.upload(sftp_section, Path(tmp), sftp_section.file_name, before_publish=store.check_fence)
     finally:
         os.unlink(tmp)
     report.remote_path = remote
