@@ -154,6 +154,26 @@ def test_the_read_api_sees_what_was_claimed(make_store: MakeStore) -> None:
     assert store.status_counts("email") == {"skipped": 1, "invalid": 1}
 
 
+def test_ids_templates_and_keys_longer_than_an_index_holds_are_stored_and_recognised(make_store: MakeStore) -> None:
+    """A source row with a 300-character id, template or subscriber key is quarantined, never a claim that fails
+    for good (MariaDB's indexed text holds 255 characters): the row is stored, and the overlap recognises it."""
+    store = make_store()
+    long_id, other_id = "9" * 300, "9" * 299 + "8"  # the same beginning: still two rows
+    with store.transaction():
+        batch = store.create_batch()
+        store.add_notifications(
+            batch,
+            [
+                _new(long_id, "k" * 300, None, template="unknown-" + "t" * 300),
+                _new(other_id, "k2", None),
+            ],
+        )
+    assert store.known_ids([long_id, other_id, "9" * 301]) == {long_id, other_id}
+    rows = store.invalid_rows()
+    assert len(rows) == 2 and {r["reason"] for r in rows} == {"no @"}
+    assert all(r["template"].startswith("unknown-") or r["template"] == "t" for r in rows)
+
+
 def test_meta_steps_and_runs_behave_alike(make_store: MakeStore) -> None:
     store = make_store()
     with store.transaction():

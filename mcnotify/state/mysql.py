@@ -10,6 +10,7 @@ migrations, the run lock as a lease row, the token cache).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ import pymysql.converters
 from mcnotify.config import hide_userinfo
 from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost, StateDatabaseError
 from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
-from mcnotify.state.interface import Notification, Outcome, Store
+from mcnotify.state.interface import NewNotification, Notification, Outcome, Store
 from mcnotify.state.mysql_schema import MIGRATIONS
 from mcnotify.state.states import NOT_YET_IMPORTED, OPEN, UNSENDABLE, Delivery, StepStatus, sql_list
 from mcnotify.state.store import StateFileLost, StateStore
@@ -150,6 +151,36 @@ def _claim_of(holder: str) -> str:
     """The mark a process's send claims carry: fixed-width (a claim and its release rewrite the row in place),
     and derived from the holder, so that another process can free a dead one's claims."""
     return hashlib.blake2b(holder.encode(), digest_size=8).hexdigest()
+
+
+_VARCHAR = 255  # notification_id, template and subscriber_key are VARCHAR(255): indexed text has a limit here
+
+
+def _stored_id(notification_id: str) -> str:
+    """An id the column holds: as it is, or, longer than the column, its beginning and its hash (still unique,
+    and what known_ids looks for, so a row re-read by the overlap is still recognised)."""
+    if len(notification_id) <= _VARCHAR:
+        return notification_id
+    tail = "…sha256:" + hashlib.sha256(notification_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return notification_id[: _VARCHAR - len(tail)] + tail
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= _VARCHAR else text[: _VARCHAR - 1] + "…"
+
+
+def _fitted(n: NewNotification) -> NewNotification:
+    """A row whose id, template or subscriber key is longer than its column (an invalid row: a valid subscriber
+    key has at most 254 characters and a template is a config name) stored rather than failing the whole
+    claim: the id as _stored_id makes it, the others cut, marked with an ellipsis (the reason says why)."""
+    if max(len(n.notification_id), len(n.template), len(n.subscriber_key or "")) <= _VARCHAR:
+        return n
+    return dataclasses.replace(
+        n,
+        notification_id=_stored_id(n.notification_id),
+        template=_cut(n.template) or "",
+        subscriber_key=_cut(n.subscriber_key),
+    )
 
 
 def _dead_here(host: str, pid: int) -> bool:
@@ -1104,6 +1135,14 @@ class MySQLStore(StateStore):
         )
 
     # -- sending ------------------------------------------------------------------------------------------
+    # -- text the indexed VARCHAR(255) columns cannot hold (the SQLite file has no such limit) ---------------------
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        stored = {_stored_id(i): i for i in ids}
+        return {stored[found] for found in super().known_ids(list(stored)) if found in stored}
+
+    def add_notifications(self, batch_id: int, rows: Iterable[NewNotification]) -> None:
+        super().add_notifications(batch_id, (_fitted(n) for n in rows))
+
     def work(
         self,
         batch_id: int,
