@@ -39,7 +39,12 @@ class PipelineLost(TemporaryError):
 
 
 class StateDatabaseError(McnotifyError):
-    """A statement against the state database (MariaDB/MySQL) failed; the transaction it was in was rolled back."""
+    """A statement against the state database (MariaDB/MySQL) failed; the transaction it was in was rolled back.
+    `code`: the server's error number, when it gave one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ImportPending(TemporaryError):

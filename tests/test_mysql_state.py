@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from mcnotify.state.mysql import MySQLStore, Target
 from tests.conftest import Env
 from tests.helpers import event_rows, people, run_cli
@@ -155,6 +157,32 @@ def test_a_follower_waits_for_a_one_shot_run_to_finish_instead_of_exiting(env: E
             follower.wait()
     assert follower.returncode == 0, err
     assert err.count("a run holds the lease") == 1 and f"pid {os.getpid()}" in err, err
+
+
+@pytest.mark.parametrize("applied_up_to", [6, 4])
+def test_an_upgrade_cut_short_after_a_schema_change_completes_on_the_next_start(
+    state_db: str, applied_up_to: int
+) -> None:
+    """MySQL commits each DDL statement at once: an upgrade killed after a migration's statements but before the
+    version was written leaves the changes and the old number. The next start runs those statements again; what
+    they find already done is taken as done, and the state works."""
+    from mcnotify.state.mysql_schema import MIGRATIONS
+
+    MySQLStore(Target.from_url(state_db)).close()
+    conn = Target.from_url(state_db).connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("UPDATE schema_version SET version = %s", (applied_up_to,))
+    finally:
+        conn.close()
+    store = MySQLStore(Target.from_url(state_db))
+    try:
+        assert store.migrated()
+        with store.transaction():
+            store.set_meta("source.watermark", 5)
+        assert store.get_meta("source.watermark") == 5 and len(MIGRATIONS) > applied_up_to
+    finally:
+        store.close()
 
 
 def test_state_migrate_copies_the_sqlite_state_and_refuses_a_used_database(

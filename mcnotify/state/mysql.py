@@ -62,6 +62,8 @@ _SESSION = (
     "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION,ERROR_FOR_DIVISION_BY_ZERO'",
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
 )
+# A table, column or index that exists already, or one to drop that is gone: a migration statement run twice.
+_ALREADY_APPLIED = {1050, 1060, 1061, 1091}
 RUN_LEASE = "run"
 PIPELINE_LEASE = "pipeline"  # the import pipeline (claiming, the subscriber file, the import): one owner at a time
 FOLLOWER = "follower"
@@ -126,6 +128,11 @@ class Target:
             if read_only:  # a dry run's session: the server refuses any write
                 cur.execute("SET SESSION TRANSACTION READ ONLY")
         return conn
+
+
+def _code(exc: BaseException) -> int | None:
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    return args[0] if args and isinstance(args[0], int) and args[0] else None
 
 
 def _why(exc: BaseException) -> str:
@@ -279,15 +286,15 @@ class _Connection:
                 log.info("state database %s: %s; reconnecting", self._target.location, _why(exc))
                 self._reconnect()
                 return self._call(call)
-            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}", _code(exc)) from None
         except pymysql.Error as exc:
-            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}", _code(exc)) from None
 
     def _call(self, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except pymysql.Error as exc:
-            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}", _code(exc)) from None
 
     @staticmethod
     def _sql(sql: str) -> str:
@@ -356,7 +363,7 @@ class MySQLTokenCache:
                 )
                 row = cur.fetchone()
         except pymysql.Error as exc:
-            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}", _code(exc)) from None
         finally:
             conn.close()
         if row is None or not hmac.compare_digest(str(row[5] or ""), issued_for):
@@ -384,7 +391,7 @@ class MySQLTokenCache:
                     )
                 cur.execute("COMMIT")
         except pymysql.Error as exc:
-            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}") from None
+            raise StateDatabaseError(f"state database {self._target.location}: {_why(exc)}", _code(exc)) from None
         finally:
             conn.close()
 
@@ -457,7 +464,14 @@ class MySQLStore(StateStore):
                 raise McnotifyError(f"state database {self.location} is from a newer mcnotify (schema {version})")
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
-                    self.conn.raw(statement)
+                    try:
+                        self.conn.raw(statement)
+                    except StateDatabaseError as exc:
+                        # DDL commits at once here: an upgrade cut short (killed, the connection lost) between a
+                        # statement and the version's update runs that statement again. What it did is there.
+                        if exc.code not in _ALREADY_APPLIED:
+                            raise
+                        log.info("state database %s: schema %d was partly applied: %s", self.location, number, exc)
                 self.conn.raw("UPDATE schema_version SET version = %s WHERE id = 1", (number,))
         finally:
             self.conn.raw("SELECT RELEASE_LOCK('mcnotify.migrate')")

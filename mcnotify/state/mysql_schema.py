@@ -11,7 +11,8 @@ MySQL 8: quoted with backticks wherever they appear."""
 from __future__ import annotations
 
 # Each entry is a list of statements (MySQL commits DDL implicitly: a migration cannot be one transaction, so
-# they run under a named lock and each statement is written to be the only way to that version).
+# they run under a named lock; an upgrade cut short runs the interrupted migration again, and a statement that
+# finds its change made already, "exists" or "cannot drop", counts as done: each ALTER is one atomic statement).
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
 MIGRATIONS: list[list[str]] = [
