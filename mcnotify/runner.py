@@ -198,12 +198,11 @@ def _finish(ctx: Context, run_id: int, command: str, code: int, error: str | Non
             130: (StepStatus.STOPPED, error or "stopped"),
             143: (StepStatus.STOPPED, error or "stopped"),
         }.get(code, (StepStatus.FAILED, error or f"exit code {code}"))
-        if not ctx.store.shared:  # followers sharing a database: the others' steps may be running
-            with (
-                contextlib.suppress(sqlite3.Error, McnotifyError),
-                ctx.store.transaction(),
-            ):  # (the failure may be the state)
-                ctx.store.end_running_steps(ended, why)
+        with contextlib.suppress(sqlite3.Error, McnotifyError):  # (the failure may be the state)
+            # Followers sharing a database: while another lives, the steps marked running may be its own.
+            if not ctx.store.shared or ctx.store.alone():
+                with ctx.store.transaction():
+                    ctx.store.end_running_steps(ended, why)
         ctx.store.run_finished(run_id, code, error, counts)
     try:
         if command in PIPELINE:  # an operator's own retry or skip that fails is told on the terminal, not paged

@@ -100,6 +100,42 @@ def read_state(where: Path | str) -> Iterator[Store]:
         store.close()
 
 
+def tamper(where: Path | str, sql: str) -> None:
+    """Raw SQL against the state, on either backend, for a test that changes it as no store operation would
+    (on purpose: to model what cannot be produced otherwise). `sql` must be valid on both."""
+    if isinstance(where, str) and where.startswith("mysql://"):
+        from mcnotify.state.mysql import Target
+
+        conn = Target.from_url(where).connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+        return
+    import sqlite3
+
+    with sqlite3.connect(where) as db:
+        db.execute(sql)
+    db.close()
+
+
+def start_afresh(env: Any) -> None:
+    """A new, empty state for the next run (the file deleted; on MariaDB a new database), as a lost or
+    never-created state is met. `env` is tests.conftest.Env; its config is written again by its next write()."""
+    url = env.values["state"].get("url")
+    if not url:
+        Path(env.values["state"]["path"]).unlink()
+        return
+    import uuid
+
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    with env.mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        cur.execute(f"GRANT ALL ON {name}.* TO '{env.mariadb.user}'@'127.0.0.1'")
+    env.values["state"]["url"] = url.rsplit("/", 1)[0] + "/" + name
+
+
 class HasState(Protocol):
     @property
     def state(self) -> Path | str: ...

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from tests.conftest import Env
+from tests.conftest import Env, sqlite_only
 from tests.helpers import event_rows, people, read_state, run_cli
 from tests.services import free_port
 
@@ -72,6 +72,7 @@ def test_dns_failure(env: Env, app_db: Any) -> None:
     assert result.exit_code == 69 and "mc-no-such-host.invalid" in one_line(result.output)
 
 
+@sqlite_only
 def test_disk_full_for_the_state_file(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(1000)))
     command = [sys.executable, "-m", "mcnotify", "-q", "--config", str(env.config), "run-all"]
@@ -105,7 +106,7 @@ def test_sigterm_finishes_the_request_in_flight_and_stops(env: Env, app_db: Any)
     assert time.monotonic() - stopped_at < 2.0
     assert proc.returncode == 143 and "stopped by SIGTERM" in one_line(err)
     # Everything MC accepted is recorded as sent: nothing in flight was abandoned.
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         sent = {n.message_key for n in store.notifications(status="sent")}
     accepted = {m["messageKey"] for m in env.accepted()}
     assert accepted == sent and 0 < len(sent) < 900

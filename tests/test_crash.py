@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Env
+from tests.conftest import Env, sqlite_only
 from tests.helpers import event_rows, people, read_state
 
 TRIALS = 10
@@ -47,6 +47,7 @@ def kill_in_phase(proc: subprocess.Popen[bytes], state: Path, wanted: str, timeo
         os.kill(proc.pid, signal.SIGKILL)
 
 
+@sqlite_only  # it watches the file's phases and checks its integrity; followers on MariaDB: test_mysql_shared
 def test_sigkill_at_random_moments_never_loses_or_duplicates(env: Env, app_db: Any) -> None:
     rows = event_rows(1, people(700))
     rows.append((99_999, "envelope-received", "m-bad", "bad@@example.com", "0912345678", "X", "Y", 1))

@@ -111,7 +111,7 @@ def test_a_state_from_the_release_before_upgrades_in_place_and_sends_nothing_twi
     conn.close()
     env.sandbox.settings.import_lag = 30.0  # were m-1 re-uploaded, its email would wait for this import
     assert run_cli(env.config, "sync").exit_code == 0
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         ledger = store.contacts()
     assert ledger == {"m-1": "one@example.com", "m-2": "two@example.com"}  # learned from the completed import
     assert run_cli(env.config, "send-email").exit_code == 0

@@ -36,7 +36,7 @@ def test_every_hostile_row_is_sent_once_or_quarantined_with_a_reason(env: Env, a
     load(env)
     result = run_cli(env.config, "run-all")
     assert result.exit_code == 0, result.output
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         state = {n.notification_id: (n.status, n.reason or "") for n in store.notifications()}
     accepted = Counter(m["messageKey"] for m in env.accepted())
     assert set(accepted.values()) == {1}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socketserver
-import sqlite3
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -16,7 +15,7 @@ import pytest
 from mcnotify.sandbox import Sandbox
 from mcnotify.sandbox import demo as demo_lib
 from tests.conftest import Env
-from tests.helpers import event_rows, people, run_cli
+from tests.helpers import event_rows, people, run_cli, tamper
 
 
 @pytest.fixture
@@ -138,9 +137,8 @@ def test_retry_and_skip_never_resend_accepted_messages(env: Env, app_db: Any) ->
     env.write(marketing_cloud={"max_attempts": 2})
     assert run_cli(env.config, "run-all").exit_code == 69
     # Mark the emails failed by hand to model a transient failure that exhausted its retries.
-    # Raw sqlite3: no store operation fails a sent notification; this tampers on purpose.
-    with sqlite3.connect(env.state_path) as conn:
-        conn.execute("UPDATE notifications SET status = 'failed', error_code = '50300' WHERE notification_id = '1'")
+    # Raw SQL: no store operation fails a sent notification; this tampers on purpose.
+    tamper(env.state, "UPDATE notifications SET status = 'failed', error_code = '50300' WHERE notification_id = '1'")
     env.sandbox.account.faults.clear()
     again = run_cli(env.config, "retry", "--batch", "1", "--channel", "email")
     assert again.exit_code == 0 and "1 failed notification(s) back to pending" in again.output

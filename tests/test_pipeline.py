@@ -142,7 +142,7 @@ def test_reused_message_key_counts_as_already_sent(env: Env, app_db: Any) -> Non
     result = run_cli(env.config, "send-email")
     assert result.exit_code == 0 and "8 already accepted earlier" in result.output, result.output
     assert len(env.accepted()) == 12 and max(keys(env.accepted()).values()) == 1
-    with read_state(env.state_path) as reader:
+    with read_state(env.state) as reader:
         reasons = {n.reason for n in reader.notifications(channel="email")}
     assert reasons == {"messageKey already used: MC accepted it earlier"}
 

@@ -29,7 +29,7 @@ from mcnotify.state.schema import MIGRATIONS
 from mcnotify.state.tokens import NoTokenCache, SqliteTokenCache
 from mcnotify.steps import Context
 from mcnotify.steps.classify import message_key
-from tests.conftest import Env
+from tests.conftest import Env, sqlite_only
 from tests.helpers import QUERY, TEMPLATES, dump_toml, run_cli
 
 
@@ -509,6 +509,7 @@ def test_secret_files_readable_by_others_get_a_warning(tmp_path: Path, caplog: p
     assert "readable by other users" not in caplog.text
 
 
+@sqlite_only
 def test_every_command_keeps_the_state_private(env: Env, app_db: Any) -> None:
     run_cli(env.config, "run-all")
     env.state_path.chmod(0o644)

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from mcnotify import config
-from mcnotify.errors import DryRunRefused
+from mcnotify.errors import DryRunRefused, StateDatabaseError
 from mcnotify.runner import open_context
 from mcnotify.state import StateStore
+from mcnotify.state.mysql import MySQLStore
 from mcnotify.steps import send
-from tests.conftest import Env
-from tests.helpers import TEMPLATES, event_rows, people, run_cli, statuses
+from tests.conftest import Env, sqlite_only
+from tests.helpers import TEMPLATES, event_rows, people, read_state, run_cli, statuses
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -40,6 +41,7 @@ def per_contact(env: Env) -> Counter[tuple[str, str, str]]:
 
 
 # -- dry runs -------------------------------------------------------------------------------------------------------
+@sqlite_only
 def test_every_dry_run_leaves_the_state_file_byte_for_byte(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(4)))
     assert run_cli(env.config, "sync").exit_code == 0
@@ -65,15 +67,17 @@ def test_a_stray_write_or_request_in_a_preview_raises(env: Env, app_db: Any) -> 
     assert run_cli(env.config, "sync").exit_code == 0
     settings = config.load(env.config)
     with open_context(settings, dry_run=True) as ctx:
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises((sqlite3.OperationalError, StateDatabaseError), match=r"readonly|READ ONLY"):
             ctx.store.update_batch(1, status="done")
         with pytest.raises(DryRunRefused):
             ctx.mc().call("POST", "messaging/v1/email/messages/", json={})
         with pytest.raises(DryRunRefused):
             ctx.upload(settings.section("sftp"), env.tmp / "any.csv", "x.csv")
-    assert StateStore(env.state_path).batch(1).status == "importing"  # type: ignore[union-attr]
+    with read_state(env.state) as store:
+        assert store.batch(1).status == "importing"  # type: ignore[union-attr]
 
 
+@sqlite_only
 def test_a_preview_of_a_state_from_an_older_release_migrates_only_a_copy(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(2)))
     assert run_cli(env.config, "sync").exit_code == 0
@@ -134,15 +138,21 @@ def test_a_state_error_mid_send_marks_unknown_only_requests_that_left(
     app_db(event_rows(1, people(20)))
     assert run_cli(env.config, "sync").exit_code == 0
     assert run_cli(env.config, "wait-import").exit_code == 0
-    real, recorded = StateStore.record, []
+    on_mysql = isinstance(env.state, str)
+    store_class: Any = MySQLStore if on_mysql else StateStore
+    real, recorded = store_class.record, []
 
     def failing(self: StateStore, outcomes: Any) -> None:
         recorded.append(1)
         if len(recorded) == 5:
-            raise sqlite3.OperationalError("disk I/O error")
+            raise (
+                StateDatabaseError("state database: lost connection")
+                if on_mysql
+                else sqlite3.OperationalError("disk I/O error")
+            )
         real(self, outcomes)
 
-    monkeypatch.setattr(StateStore, "record", failing)
+    monkeypatch.setattr(store_class, "record", failing)
     assert run_cli(env.config, "send-email").exit_code == 1
     monkeypatch.undo()
     assert run_cli(env.config, "run-all").exit_code == 0
@@ -254,6 +264,7 @@ def test_credentials_refused_mid_triggered_send_leave_every_row_pending(env: Env
     assert set(per_contact(env).values()) == {1} and sum(per_contact(env).values()) == 20
 
 
+@sqlite_only
 def test_a_second_name_for_the_state_file_is_refused(env: Env, app_db: Any) -> None:
     app_db(event_rows(1, people(2)))
     assert run_cli(env.config, "sync").exit_code == 0

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Env
-from tests.helpers import QUERY, read_state, run_cli
+from tests.conftest import Env, sqlite_only
+from tests.helpers import QUERY, read_state, run_cli, start_afresh
 
 
 def message_keys(env: Env) -> Counter[str]:
@@ -26,7 +26,7 @@ def message_keys(env: Env) -> Counter[str]:
 
 def state_rows(env: Env) -> dict[str, tuple[str, str]]:
     """notification_id -> (status, reason)."""
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         return {n.notification_id: (n.status, n.reason or "") for n in store.notifications()}
 
 
@@ -145,7 +145,7 @@ def test_a_descending_query_stops_with_one_line_and_loses_nothing(env: Env, app_
     (line,) = error_lines(result.output)
     assert "not ordered by notification_id ascending" in line and "ORDER BY" in line
     assert env.accepted() == []
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         assert store.get_meta("source.watermark") is None
     # Fixed, every row goes out exactly once.
     env.write(source={"query": QUERY, "batch_limit": 50000})
@@ -164,7 +164,7 @@ def test_a_query_ordered_by_another_column_stops_in_later_pages_too(env: Env, ap
     assert result.exit_code == 78, result.output
     (line,) = error_lines(result.output)
     assert "not ordered by notification_id ascending" in line
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         watermark = store.get_meta("source.watermark")
     assert int(watermark) <= 1000  # only the first page, read whole and in order, was passed
     env.write(source={"query": QUERY})
@@ -188,6 +188,7 @@ def _lose_state(env: Env, how: str) -> None:
         replacement.replace(path)
 
 
+@sqlite_only
 @pytest.mark.parametrize("when", ["upload", "send"])
 @pytest.mark.parametrize("how", ["deleted", "emptied", "replaced"])
 def test_a_state_file_lost_mid_run_stops_the_run_with_one_line(
@@ -254,7 +255,7 @@ def test_a_fresh_state_sends_nothing_older_than_max_age(env: Env) -> None:
     uploaded = (env.import_dir / "mcnotify-subscribers.csv").read_text()
     assert "m-6" in uploaded and "m-1," not in uploaded
     # max_age = 0 turns it off.
-    env.state_path.unlink()
+    start_afresh(env)
     env.write(source={"max_age": 0})
     assert run_cli(env.config, "run-all").exit_code == 0
     assert set(message_keys(env)) >= {"mcn-email-1", "mcn-sms-8"}

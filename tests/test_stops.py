@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from mcnotify.state import StateStore
-from tests.conftest import Env
+from tests.conftest import Env, sqlite_only
 from tests.helpers import event_rows, people, read_state, run_cli, statuses
 
 STOP_WITHIN = 5.0  # seconds from the signal to the exit: the stop grace (2 s) plus start-up slack
@@ -98,13 +98,13 @@ def error_line(err: str) -> str:
 
 
 def last_run(env: Env) -> tuple[str, int | None, str | None]:
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         (run,) = store.runs(limit=1)
     return run["command"], run["exit_code"], run["error"]
 
 
 def batch_status(env: Env) -> str:
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         return store.batches(limit=1)[0].status
 
 
@@ -139,6 +139,7 @@ def _dotdot(real: Path, tmp: Path) -> Path:
 
 
 # (A hard link is refused outright: see test_send_holes.py.)
+@sqlite_only
 @pytest.mark.parametrize("alias", [_symlink_to_file, _symlink_to_folder, _dotdot])
 def test_one_state_file_under_two_names_is_one_lock(env: Env, app_db: Any, alias: Callable[[Path, Path], Path]) -> None:
     app_db(event_rows(1, people(2)))
@@ -157,6 +158,7 @@ def test_one_state_file_under_two_names_is_one_lock(env: Env, app_db: Any, alias
     delivered_once(env, 6)
 
 
+@sqlite_only
 @pytest.mark.parametrize("what", ["folder", "file"])
 def test_a_bind_mount_is_the_same_lock(env: Env, app_db: Any, what: str) -> None:
     app_db(event_rows(1, people(1)))
@@ -260,7 +262,7 @@ def test_sigterm_records_a_hung_triggered_send_as_unknown(env: Env, app_db: Any)
     counts = statuses(env, "email")
     # Only the requests MC had been handed are unknown; the rest go out next run.
     assert 1 <= counts["unknown"] <= 2 and counts["pending"] == 20 - counts["unknown"], counts
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         reasons = {n.reason or "" for n in store.notifications(status="unknown")}
     assert all("stop request" in r for r in reasons), reasons
 
@@ -285,7 +287,7 @@ def test_ctrl_c_finishes_the_requests_in_flight_and_stops_with_130(env: Env, app
     env.write(email={"batch_size": 5, "concurrency": 2})
     rc, err, seconds = stop_run(env, lambda: any(m["channel"] == "email" for m in env.accepted()), signal.SIGINT)
     assert_stopped(rc, err, seconds, env, code=130)
-    with read_state(env.state_path) as store:
+    with read_state(env.state) as store:
         sent = {n.message_key for n in store.notifications(status="sent")}
     assert {m["messageKey"] for m in env.accepted()} == sent and 0 < len(sent) < 900
     env.sandbox.settings.latency = 0

@@ -962,6 +962,9 @@ class MySQLStore(StateStore):
             "expires_in": round(float(row["left_s"]), 3),
         }
 
+    def alone(self) -> bool:
+        return self.role is None or self._live_follower() is None
+
     def note_follower(self, info: dict[str, Any]) -> None:
         """Each follower's own row (autocommit: no row shared by all of them for a frozen one to hold locked)."""
         if self.role is None or info.get("stopped"):  # the last one to stop leaves its line for `status`

@@ -257,6 +257,9 @@ class StateStore:
     def pipeline_owner(self) -> dict[str, Any] | None:
         return None
 
+    def alone(self) -> bool:
+        return True
+
     def note_follower(self, info: dict[str, Any]) -> None:
         with self.transaction():
             self.set_meta(FOLLOWER_META, info)
