@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,6 +158,37 @@ def test_a_follower_waits_for_a_one_shot_run_to_finish_instead_of_exiting(env: E
             follower.wait()
     assert follower.returncode == 0, err
     assert err.count("a run holds the lease") == 1 and f"pid {os.getpid()}" in err, err
+
+
+def test_leases_read_the_true_time_on_a_server_whose_zone_changes_its_clocks(mariadb: Any, state_db: str) -> None:
+    """A server on a zone with daylight saving time: in the hour before clocks go back, UNIX_TIMESTAMP(NOW())
+    in that zone reads an hour ahead, and every heartbeat, lease and claim would look an hour old at once (a
+    healthy follower's connection ended as frozen, leases taken over). Each session runs in UTC."""
+    import shutil
+
+    tzinfo, client = shutil.which("mariadb-tzinfo-to-sql"), shutil.which("mariadb")
+    zone = Path("/usr/share/zoneinfo/Europe/Berlin")
+    if not tzinfo or not client or not zone.exists():
+        pytest.skip("!!! mariadb-tzinfo-to-sql, the mariadb client or tzdata missing: daylight saving NOT tested")
+    sql = subprocess.run([tzinfo, str(zone), "Europe/Berlin"], capture_output=True, check=True).stdout
+    subprocess.run([client, f"--socket={mariadb.socket_path}", "-uroot", "mysql"], input=sql, check=True)
+    with mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute("SET GLOBAL time_zone = 'Europe/Berlin'")
+    try:
+        conn = Target.from_url(state_db).connect()
+        try:
+            with conn.cursor() as cur:
+                back = 1729990800  # 2024-10-27 01:00 UTC: 03:00 CEST becomes 02:00 CET
+                for moment in (back - 1800, back - 10, back + 10, back + 1800):
+                    cur.execute("SET timestamp = %s", (moment,))
+                    cur.execute("SELECT UNIX_TIMESTAMP(NOW(6))")
+                    row = cur.fetchone()
+                    assert row is not None and abs(float(row[0]) - moment) < 1, (moment, row)
+        finally:
+            conn.close()
+    finally:
+        with mariadb.admin() as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL time_zone = 'SYSTEM'")
 
 
 @pytest.mark.parametrize("applied_up_to", [6, 4])

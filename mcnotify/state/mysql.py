@@ -58,9 +58,12 @@ _GONE |= {1053, 1927}
 # The session every connection starts with: a known sql_mode whatever the server's default (ANSI_QUOTES or
 # PIPES_AS_CONCAT would change what the SQL means; ONLY_FULL_GROUP_BY is not needed by it), and READ COMMITTED:
 # each statement sees what was committed before it, as a SQLite reader does, without InnoDB's gap locks.
+# And UTC: UNIX_TIMESTAMP(NOW(6)) goes through the session's time zone, and a server on a zone with daylight
+# saving time would read an hour off around the change (every heartbeat, lease and claim an hour old at once).
 _SESSION = (
     "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION,ERROR_FOR_DIVISION_BY_ZERO'",
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION time_zone = '+00:00'",
 )
 # A table, column or index that exists already, or one to drop that is gone: a migration statement run twice.
 _ALREADY_APPLIED = {1050, 1060, 1061, 1091}
