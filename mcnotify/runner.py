@@ -90,8 +90,8 @@ def _lock(store: Store, role: str | None = None) -> None:
                 if isinstance(exc, LeaseHeld):  # the lease row names its holder already
                     raise
                 raise LockHeld(_lock_holder(store) or str(exc)) from None
-        pause = 1.0 if waits_for_run else max(0.0, deadline - time.monotonic())
-        stop.sleep(min(0.2, pause))  # Stopped on a stop request
+        # Stopped on a stop request. A follower waiting for a one-shot run looks once a second (a locking read).
+        stop.sleep(1.0 if waits_for_run else min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 def _lock_holder(store: Store) -> str | None:

@@ -113,3 +113,25 @@ def test_sigterm_finishes_the_request_in_flight_and_stops(env: Env, app_db: Any)
     env.sandbox.settings.latency = 0
     assert run_cli(env.config, "run-all").exit_code == 0
     delivered_once(env, 900)
+
+
+def test_partial_uploads_left_by_killed_processes_are_cleared_and_a_live_one_is_not(env: Env) -> None:
+    """Each upload goes up under a name of its own; a process killed mid-upload leaves that file behind in MC's
+    Import folder. The next upload removes those an hour old, never a recent one (another process may be
+    uploading it now), nor anything else."""
+    from mcnotify.config import load
+    from mcnotify.mc import sftp
+
+    section = load(env.config).sftp
+    left = env.import_dir / f"{section.file_name}.dead1234.part"
+    live = env.import_dir / f"{section.file_name}.live5678.part"
+    other = env.import_dir / "someone-elses-file.csv.part"
+    for path in (left, live, other):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(left, (two_hours_ago, two_hours_ago))
+    os.utime(other, (two_hours_ago, two_hours_ago))
+    local = env.tmp / "subscribers.csv"
+    local.write_bytes(b"SubscriberKey,EmailAddress\r\nk,a@example.com\r\n")
+    sftp.upload(section, local, section.file_name)
+    assert sorted(p.name for p in env.import_dir.iterdir()) == sorted([section.file_name, live.name, other.name])

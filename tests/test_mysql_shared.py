@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from mcnotify.errors import LeaseHeld, PipelineLost, StateDatabaseError
-from mcnotify.state.interface import NewNotification
+from mcnotify.state.interface import NewNotification, Outcome
 from mcnotify.state.mysql import MySQLStore, Target
 from mcnotify.state.states import BatchStatus, Delivery
 from tests.conftest import Env
@@ -107,6 +107,61 @@ def test_send_claims_split_the_work_and_a_frozen_claimers_rows_go_to_another(sta
         assert {n.seq for n in mine} <= {n.seq for n in taken}
         with a.transaction():  # a wakes: the row is another's, it marks nothing (a triggered send never goes)
             assert a.mark([mine[0].seq], Delivery.SENDING) == 0
+
+
+def test_the_heartbeat_never_waits_on_rows_its_own_process_is_recording(state_db: str) -> None:
+    """The heartbeat renews the claims it read a moment ago while the main thread records some of those rows
+    in a transaction: waiting on them, in the other order, is a deadlock that loses the recording transaction
+    (from an attack). The renewal skips rows a transaction holds."""
+    with stores(state_db, 1) as (a,):
+        a.register("follower")
+        with a.transaction():
+            batch = a.create_batch()
+            a.add_notifications(batch, [_sms(str(i)) for i in range(3)])
+            a.update_batch(batch, status=BatchStatus.CLAIMED)
+        rows = a.claim_work(batch, "sms", (Delivery.PENDING,), limit=10)
+        heartbeat = a.target.connect()
+        try:
+            with heartbeat.cursor() as cur:
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 30")
+            with a.transaction():
+                a.record([Outcome(rows[2].seq, Delivery.SENT, None, None)])
+                a._claims.add(rows[2].seq)  # the heartbeat read its claims just before record() let go of it
+                started = time.monotonic()
+                with heartbeat.cursor() as cur:
+                    a._renew_claims(cur)
+                assert time.monotonic() - started < 2  # it did not wait for the recording transaction
+                a.record([Outcome(rows[0].seq, Delivery.SENT, None, None)])
+        finally:
+            heartbeat.close()
+        assert {n.notification_id: n.status for n in a.notifications(batch_id=batch)} == {
+            "0": "sent",
+            "1": "pending",
+            "2": "sent",
+        }
+
+
+def test_a_follower_stops_once_a_newer_mcnotify_upgraded_the_schema_under_it(state_db: str) -> None:
+    """A rolling upgrade: the new version migrates the database while old followers still run. An old one stops
+    at its next transaction rather than write rows in a shape it does not know (its supervisor then starts the
+    new version)."""
+    from mcnotify.state.mysql import LeaseLost
+    from mcnotify.state.mysql_schema import MIGRATIONS
+
+    with stores(state_db, 1) as (a,):
+        a.register("follower")
+        conn = Target.from_url(state_db).connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS) + 1,))
+            time.sleep(LEASE)  # a heartbeat or two
+            with pytest.raises(LeaseLost, match="upgraded by a newer mcnotify"), a.transaction():
+                a.set_meta("source.watermark", 1)
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+            conn.close()
+    assert MySQLStore(Target.from_url(state_db), read_only=True).get_meta("source.watermark") is None
 
 
 def test_a_follower_frozen_inside_a_transaction_is_cut_off_and_its_row_locks_freed(state_db: str) -> None:

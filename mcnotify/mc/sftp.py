@@ -169,6 +169,7 @@ def _upload(
         size = local_path.stat().st_size
         started = time.monotonic()
         try:
+            _remove_stale_parts(sftp, remote_dir, remote_name)
             sftp.put(str(local_path), partial, confirm=True)
             if before_publish is not None:
                 try:
@@ -195,6 +196,26 @@ def _upload(
         raise ServiceUnavailable(f"SFTP connection to {section.host} lost during upload: {exc}") from None
     finally:
         client.close()
+
+
+STALE_PART = 3600.0  # seconds: an upload's own .part this old was left by a process killed mid-upload
+
+
+def _remove_stale_parts(sftp: paramiko.SFTPClient, remote_dir: str, remote_name: str) -> None:
+    """Partial uploads of this file that a killed process left behind (each upload has a name of its own, so
+    none is ever reused), once they are an hour old: a live upload is never that slow to change its file."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in sftp.listdir_attr(remote_dir):
+            name = entry.filename
+            if (
+                name.startswith(f"{remote_name}.")
+                and name.endswith(".part")
+                and now - (entry.st_mtime or now) > STALE_PART
+            ):
+                with contextlib.suppress(OSError):
+                    sftp.remove(posixpath.join(remote_dir, name))
+                    log.info("SFTP: removed %s, a partial upload left behind", name)
 
 
 def check_login(section: SftpSettings) -> str:

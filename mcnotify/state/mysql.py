@@ -435,6 +435,7 @@ class MySQLStore(StateStore):
         self._pipeline: int | None = None  # the pipeline lease's generation while this process owns it
         self._pipeline_lost = threading.Event()
         self._fence = 0  # inside fenced(): every transaction checks the pipeline lease first
+        self._outdated = 0  # the schema a newer mcnotify moved the database to, seen by the heartbeat
         self._claims: set[int] = set()  # the seqs this follower claims and has not recorded or released
         self._claims_lock = threading.Lock()  # (the heartbeat thread renews them)
         self.conn = _Connection(target, read_only)
@@ -456,7 +457,12 @@ class MySQLStore(StateStore):
     # -- plumbing -----------------------------------------------------------------------------------------
     def _migrate(self) -> None:
         # DDL commits implicitly in MySQL: a named lock keeps two processes from migrating at once.
-        self.conn.raw("SELECT GET_LOCK('mcnotify.migrate', 60)")
+        got = self.conn.raw("SELECT GET_LOCK('mcnotify.migrate', 60)").fetchone()
+        if got is None or got[0] != 1:
+            raise StateDatabaseError(
+                f"state database {self.location}: another mcnotify has been upgrading its schema for a minute;"
+                " try again once it is done"
+            )
         try:
             version = schema_version(self.conn)
             if version is None:
@@ -508,7 +514,14 @@ class MySQLStore(StateStore):
             self.conn.in_transaction = False
 
     def check_identity(self) -> None:
-        """Stop when the run lease was lost: another process may hold it now, and this one must not write."""
+        """Stop when the run lease was lost: another process may hold it now, and this one must not write. Or
+        when a newer mcnotify upgraded the schema meanwhile."""
+        if self._outdated:
+            self.lost = True
+            raise LeaseLost(
+                f"the state database {self.location} was upgraded by a newer mcnotify (schema {self._outdated},"
+                f" this one knows {len(MIGRATIONS)}); stopped without recording more: run the new version"
+            )
         if self._lease_lost.is_set():
             self.lost = True
             raise LeaseLost(
@@ -610,6 +623,12 @@ class MySQLStore(StateStore):
                     renewed = time.monotonic()
                     if self.role is not None:
                         self._beat_shared(cur)
+                    cur.execute("SELECT version FROM schema_version WHERE id = 1")
+                    newer = cur.fetchone()
+                    if newer is not None and int(newer[0]) > len(MIGRATIONS):
+                        # A newer mcnotify (a rolling upgrade) changed the schema under this one: stop rather
+                        # than write rows this version no longer knows the shape of.
+                        self._outdated = int(newer[0])
             except (pymysql.Error, StateDatabaseError, OSError) as exc:
                 log.warning("lease on %s not renewed: %s", self.location, _why(exc))
                 if conn is not None:
@@ -644,17 +663,36 @@ class MySQLStore(StateStore):
         ):
             log.warning("the import pipeline on %s was taken over by another process", self.location)
             self._pipeline_lost.set()
-        # Claims live as long as their holder: a dead or frozen one's expire within the lease. Renewed by seq
-        # (this process knows what it holds): no index on the holder for every claim and release to update.
+        self._renew_claims(cur)
+
+    def _renew_claims(self, cur: Any) -> None:
+        """Claims live as long as their holder: a dead or frozen one's expire within the lease. Renewed by seq
+        (this process knows what it holds: no index on the holder for every claim and release to update), and
+        only rows no transaction holds (SKIP LOCKED): the heartbeat never waits on this process's own recording
+        of those rows, so the two cannot deadlock (a row being recorded needs no renewal)."""
         with self._claims_lock:
             held = sorted(self._claims)
         for start in range(0, len(held), 5000):
             part = held[start : start + 5000]
-            cur.execute(
-                f"UPDATE notifications SET claim_expires = {_NOW} + %s"
-                f" WHERE seq IN ({','.join(['%s'] * len(part))}) AND claim_holder = %s",
-                (self.lease, *part, self._claim),
-            )
+            cur.execute("BEGIN")
+            try:
+                cur.execute(
+                    f"SELECT seq FROM notifications WHERE seq IN ({','.join(['%s'] * len(part))})"
+                    " AND claim_holder = %s FOR UPDATE SKIP LOCKED",
+                    (*part, self._claim),
+                )
+                free = [int(r[0]) for r in cur.fetchall()]
+                if free:
+                    cur.execute(
+                        f"UPDATE notifications SET claim_expires = {_NOW} + %s"
+                        f" WHERE seq IN ({','.join(['%s'] * len(free))})",
+                        (self.lease, *free),
+                    )
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(pymysql.Error):
+                    cur.execute("ROLLBACK")
+                raise
 
     def _end_frozen(self, cur: Any) -> None:
         """End the database connection of every process whose heartbeat is a lease old (frozen by SIGSTOP, a VM
