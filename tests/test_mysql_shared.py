@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
 from mcnotify.errors import LeaseHeld, PipelineLost, StateDatabaseError
@@ -139,6 +140,44 @@ def test_the_heartbeat_never_waits_on_rows_its_own_process_is_recording(state_db
             "1": "pending",
             "2": "sent",
         }
+
+
+def test_a_connection_id_from_before_a_server_restart_is_never_ended(state_db: str) -> None:
+    """A frozen follower's recorded connection id is reused by the server after a restart, by a client of
+    the same address (over a socket every client is `localhost`): that connection is not the frozen one and must
+    live. Only a connection of the same server run is ended."""
+    from mcnotify.state.mysql import _identity, _server_started
+
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        _freeze(b)
+        other = Target.from_url(state_db).connect()  # someone else's connection, as after a restart
+        try:
+            other_id, other_client = _identity(other)
+            host = other_client.rpartition("|")[0]
+            with other.cursor() as cur:
+                before_restart = _server_started(cur) - 3600
+            for recorded, should_live in ((f"{host}|{before_restart:.0f}", True), (other_client, False)):
+                conn = Target.from_url(state_db).connect()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(
+                            "UPDATE processes SET conn_id = %s, conn_client = %s WHERE holder = %s",
+                            (other_id, recorded, b._holder),
+                        )
+                finally:
+                    conn.close()
+                time.sleep(LEASE + 1.5)  # b's heartbeat is a lease old, and a's next beats look at it
+                alive = True
+                try:
+                    with other.cursor() as cur:
+                        cur.execute("SELECT 1")
+                except pymysql.Error:
+                    alive = False
+                assert alive is should_live, recorded
+        finally:
+            other.close()
 
 
 def test_a_follower_stops_once_a_newer_mcnotify_upgraded_the_schema_under_it(state_db: str) -> None:

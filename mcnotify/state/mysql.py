@@ -247,13 +247,24 @@ class _Result:
         return iter(self._rows)
 
 
+def _server_started(cur: Any) -> float:
+    """When the server started, by its own clock: a connection id is unique only within one run of the server."""
+    cur.execute(f"SELECT {_NOW}")
+    now = float(cur.fetchone()[0])
+    cur.execute("SHOW GLOBAL STATUS LIKE 'Uptime'")
+    row = cur.fetchone()
+    return now - float(row[1]) if row else 0.0
+
+
 def _identity(conn: pymysql.connections.Connection[Any]) -> tuple[int, str]:
-    """This connection as the server's processlist shows it: its id and its client's address and port (an id
-    alone could be another connection's after a server restart; both together cannot)."""
+    """This connection as the server's processlist shows it, and the server run it belongs to: its id, its
+    client (address and port over TCP; only `localhost` over a socket), "|" and the server's start. An id is
+    reused after a server restart; an id within one run is not."""
     with conn.cursor() as cur:
         cur.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
         row = cur.fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, "")
+        started = _server_started(cur)
+    return (int(row[0]), f"{row[1]}|{started:.0f}") if row else (0, "")
 
 
 class _Connection:
@@ -701,15 +712,23 @@ class MySQLStore(StateStore):
         marking) for as long as it stays frozen, and every other process would wait on them: its transaction
         is rolled back instead, and it finds, if it wakes, a lost connection and a lost lease. The server's
         processlist must still show that id with the same client address: an id alone may be another
-        connection's after a server restart. Killing a connection of one's own user needs no privilege."""
+        connection's after a server restart, so the server must also be in the run it was then (connection
+        ids are not reused within one). Killing a connection of one's own user needs no privilege."""
         cur.execute(
             f"SELECT holder, host, pid, conn_id, conn_client FROM processes WHERE heartbeat_at < {_NOW} - %s"
             " AND conn_id IS NOT NULL AND holder <> %s",
             (self.lease, self._holder),
         )
-        for holder, host, pid, conn_id, conn_client in cur.fetchall():
-            if cur.execute(
-                "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s AND HOST = %s", (conn_id, conn_client)
+        frozen = cur.fetchall()
+        started = _server_started(cur) if frozen else 0.0
+        for holder, host, pid, conn_id, conn_client in frozen:
+            client, _, then = str(conn_client).rpartition("|")
+            try:
+                same_run = abs(float(then) - started) <= 5  # (the start is computed to the second each time)
+            except ValueError:
+                same_run = False
+            if same_run and cur.execute(
+                "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s AND HOST = %s", (conn_id, client)
             ):
                 try:
                     cur.execute("KILL CONNECTION %s", (int(conn_id),))
