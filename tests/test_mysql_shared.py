@@ -180,6 +180,36 @@ def test_a_connection_id_from_before_a_server_restart_is_never_ended(state_db: s
             other.close()
 
 
+def test_a_holder_in_another_pid_namespace_under_this_hostname_is_not_taken_for_dead(state_db: str) -> None:
+    """Containers with host networking share the host's name, not their pids: a pid that does not exist here
+    may be a live process there. Its lease is waited out, not taken at once; this namespace's dead holder's is."""
+    import socket
+
+    from mcnotify.state.mysql import _PID_NAMESPACE
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid nobody has now
+    MySQLStore(Target.from_url(state_db)).close()
+    for namespace, taken in (("4026599999", False), (_PID_NAMESPACE, True)):
+        conn = Target.from_url(state_db).connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "REPLACE INTO leases (name, holder, host, pid, generation, acquired_at, heartbeat_at, expires_at)"
+                    " VALUES ('run', %s, %s, %s, 1, 0, UNIX_TIMESTAMP(), UNIX_TIMESTAMP() + 60)",
+                    (f"{socket.gethostname()}:{dead.pid}:{namespace}:abcd1234", socket.gethostname(), dead.pid),
+                )
+        finally:
+            conn.close()
+        with stores(state_db, 1) as (one_shot,):
+            if taken:
+                one_shot.lock()
+                assert one_shot.generation == 2
+            else:
+                with pytest.raises(LeaseHeld, match=f"pid {dead.pid}"):
+                    one_shot.lock()
+
+
 def test_a_follower_stops_once_a_newer_mcnotify_upgraded_the_schema_under_it(state_db: str) -> None:
     """A rolling upgrade: the new version migrates the database while old followers still run. An old one stops
     at its next transaction rather than write rows in a shape it does not know (its supervisor then starts the

@@ -193,14 +193,35 @@ def _fitted(n: NewNotification) -> NewNotification:
     )
 
 
-def _dead_here(host: str, pid: int) -> bool:
-    """A holder on this very host whose process is gone (SIGKILL, OOM): its lease is free now, as a flock would
-    be, rather than after the lease runs out (a restarted follower need not wait). Elsewhere: only expiry tells.
-    (Two hosts that share a hostname but not a pid namespace would defeat this: give each its own hostname.)"""
-    if host != socket.gethostname():
+def _pid_namespace() -> str:
+    """Which pid namespace this process is in (Linux): two containers may share a hostname (host networking)
+    and not their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        return "-"
+
+
+_PID_NAMESPACE = _pid_namespace()
+
+
+def _holder_name() -> str:
+    """host:pid:pid-namespace:random, unique to this process and telling where its pid means something."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_PID_NAMESPACE}:{secrets.token_hex(4)}"
+
+
+def _dead_here(holder: str) -> bool:
+    """A holder on this very host, in this pid namespace, whose process is gone (SIGKILL, OOM): its lease is free
+    now, as a flock would be, rather than after the lease runs out (a restarted follower need not wait).
+    Elsewhere (another host, another container sharing the hostname, a holder of an older release that did
+    not say its namespace): only expiry tells."""
+    host, _, rest = holder.partition(":")
+    pid, _, rest = rest.partition(":")
+    namespace, _, token = rest.partition(":")
+    if not token or host != socket.gethostname() or namespace != _PID_NAMESPACE or namespace == "-":
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except (PermissionError, OverflowError, ValueError):
@@ -436,7 +457,7 @@ class MySQLStore(StateStore):
         self._held_fds = []
         self._lock_fd = None
         self._tried_fd = None
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._holder = _holder_name()
         self._claim = _claim_of(self._holder)
         self._generation: int | None = None
         self._heartbeat: threading.Thread | None = None
@@ -566,7 +587,7 @@ class MySQLStore(StateStore):
             elif (
                 float(row["expires_at"]) > float(row["now"])
                 and row["holder"] != self._holder
-                and not _dead_here(str(row["host"]), int(row["pid"]))
+                and not _dead_here(str(row["holder"]))
             ):
                 left = float(row["expires_at"]) - float(row["now"])
                 raise LeaseHeld(
@@ -750,10 +771,10 @@ class MySQLStore(StateStore):
     def _live_follower(self) -> tuple[str, int] | None:
         """A follower whose heartbeat is fresh (and, on this host, whose process lives), if any."""
         for row in self.conn.execute(
-            f"SELECT host, pid FROM processes WHERE role = ? AND heartbeat_at > {_NOW} - ? AND holder != ?",
+            f"SELECT host, pid, holder FROM processes WHERE role = ? AND heartbeat_at > {_NOW} - ? AND holder != ?",
             (FOLLOWER, self.lease, self._holder),
         ):
-            if not _dead_here(str(row[0]), int(row[1])):
+            if not _dead_here(str(row[2])):
                 return str(row[0]), int(row[1])
         return None
 
@@ -775,7 +796,7 @@ class MySQLStore(StateStore):
                         " expires_at) VALUES (?, '', '', 0, 0, 0, 0, 0)",
                         (RUN_LEASE,),
                     )
-            elif row["held"] and row["holder"] != self._holder and not _dead_here(str(row["host"]), int(row["pid"])):
+            elif row["held"] and row["holder"] != self._holder and not _dead_here(str(row["holder"])):
                 raise LeaseHeld(
                     f"a run holds the lease on {self.location}: pid {row['pid']} on {row['host']};"
                     " the follower starts once it is done"
@@ -795,7 +816,7 @@ class MySQLStore(StateStore):
                 "SELECT holder, pid FROM processes WHERE host = ? AND holder <> ?", (host, self._holder)
             ).fetchall()
             for other in others:
-                if _dead_here(host, int(other["pid"])):
+                if _dead_here(str(other["holder"])):
                     self.conn.execute(  # (only open rows can be claimed: the status index finds them)
                         f"UPDATE notifications SET claim_holder = '' WHERE status IN {_OPEN} AND claim_holder = ?",
                         (_claim_of(str(other["holder"])),),
@@ -815,9 +836,9 @@ class MySQLStore(StateStore):
         # First without a lock: a live owner is the common case, and a frozen one may hold the row in share mode
         # (a locking read would wait until the heartbeat of some process ends its connection).
         row = self.conn.execute(
-            f"SELECT host, pid, expires_at > {_NOW} AS held FROM leases WHERE name = ?", (PIPELINE_LEASE,)
+            f"SELECT holder, expires_at > {_NOW} AS held FROM leases WHERE name = ?", (PIPELINE_LEASE,)
         ).fetchone()
-        if row is not None and row["held"] and not _dead_here(str(row["host"]), int(row["pid"])):
+        if row is not None and row["held"] and not _dead_here(str(row["holder"])):
             return False
         with self.transaction():
             row = self.conn.execute(
@@ -831,7 +852,7 @@ class MySQLStore(StateStore):
                     self._write_lease(PIPELINE_LEASE, generation, insert=True)
                 except StateDatabaseError:  # another process inserted it first: it owns the pipeline
                     return False
-            elif row["held"] and not _dead_here(str(row["host"]), int(row["pid"])):
+            elif row["held"] and not _dead_here(str(row["holder"])):
                 return False
             else:
                 generation = int(row["generation"]) + 1
