@@ -110,6 +110,66 @@ def test_send_claims_split_the_work_and_a_frozen_claimers_rows_go_to_another(sta
             assert a.mark([mine[0].seq], Delivery.SENDING) == 0
 
 
+def _triggered_row(store: MySQLStore) -> int:
+    with store.transaction():
+        batch = store.create_batch()
+        store.add_notifications(
+            batch,
+            [NewNotification("1", "t", "email", "k1", "a@x.com", "a@x.com", "{}", None, Delivery.PENDING, None, "m1")],
+        )
+        store.update_batch(batch, status=BatchStatus.IMPORTED, import_status="Completed")
+    return batch
+
+
+def test_a_one_shot_run_started_while_a_follower_is_frozen_and_the_follower_never_both_send(state_db: str) -> None:
+    """From an attack: a follower claims a triggered email and freezes past the lease; a timer's one-shot run
+    starts (no live follower), and marks the email for sending. The follower wakes: it must neither send it
+    too nor go on owning the import pipeline beside the run."""
+    with stores(state_db, 2) as (follower, one_shot):
+        batch = _triggered_row(follower)
+        follower.register("follower")
+        assert follower.take_pipeline()
+        mine = follower.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        _freeze(follower)
+        time.sleep(LEASE + 1)
+        one_shot.lock()
+        theirs = one_shot.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        with one_shot.transaction():
+            assert one_shot.mark([theirs[0].seq], Delivery.SENDING) == 1
+        follower._start_heartbeat()  # it wakes
+        with follower.transaction():
+            assert follower.mark([mine[0].seq], Delivery.SENDING) == 0
+        with pytest.raises(PipelineLost):
+            follower.check_fence()
+        assert not follower.take_pipeline()
+
+
+def test_a_one_shot_run_frozen_past_its_lease_and_a_follower_never_both_send(state_db: str) -> None:
+    """The other way round: a one-shot run holds a triggered email and freezes; a follower starts (the lease is
+    expired), claims and marks it. The run wakes: it stops or marks nothing, never sends it again."""
+    from mcnotify.state.mysql import LeaseLost
+
+    with stores(state_db, 2) as (one_shot, follower):
+        batch = _triggered_row(one_shot)
+        one_shot.lock()
+        held = one_shot.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        _freeze(one_shot)
+        time.sleep(LEASE + 1)
+        follower.register("follower")
+        assert follower.take_pipeline()
+        got = follower.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        with follower.transaction():
+            assert follower.mark([got[0].seq], Delivery.SENDING) == 1
+        one_shot._start_heartbeat()  # it wakes
+        marked = 0
+        with contextlib.suppress(LeaseLost, PipelineLost), one_shot.transaction():
+            marked = one_shot.mark([held[0].seq], Delivery.SENDING)
+        assert marked == 0
+        time.sleep(LEASE)  # its heartbeat finds the run lease taken from it
+        with pytest.raises((LeaseLost, PipelineLost)), one_shot.transaction():
+            one_shot.mark([held[0].seq], Delivery.SENDING)
+
+
 def test_the_heartbeat_never_waits_on_rows_its_own_process_is_recording(state_db: str) -> None:
     """The heartbeat renews the claims it read a moment ago while the main thread records some of those rows
     in a transaction: waiting on them, in the other order, is a deadlock that loses the recording transaction

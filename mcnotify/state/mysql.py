@@ -527,9 +527,10 @@ class MySQLStore(StateStore):
         self.conn.execute("BEGIN")
         self.conn.in_transaction = True
         try:
-            if self._fence:
+            if self._fence or (self.role is None and self._pipeline is not None):
                 # The fencing token, in the very transaction: the shared lock on the lease row keeps a takeover
                 # (which updates that row) waiting until this commits, so what passed here stays true at COMMIT.
+                # A one-shot run owns the pipeline for its whole life: every transaction of it is fenced.
                 self._check_pipeline("LOCK IN SHARE MODE")
             yield
             self.check_identity()  # the lease was lost while we wrote: another process may be working
@@ -603,7 +604,16 @@ class MySQLStore(StateStore):
                 )
             if row is not None:
                 self._write_lease(RUN_LEASE, generation, insert=False)
+            # The import pipeline too, whoever had it (a follower frozen past its lease, a run that died): from
+            # now on its writes are refused, and a follower that wakes finds it owned.
+            pipeline = self.conn.execute(
+                "SELECT generation FROM leases WHERE name = ? FOR UPDATE", (PIPELINE_LEASE,)
+            ).fetchone()
+            owned = 1 if pipeline is None else int(pipeline["generation"]) + 1
+            self._write_lease(PIPELINE_LEASE, owned, insert=pipeline is None)
         self._generation = generation
+        self._pipeline = owned
+        self._pipeline_lost.clear()
         self._start_heartbeat()
 
     def _write_lease(self, name: str, generation: int, insert: bool) -> None:
@@ -655,6 +665,7 @@ class MySQLStore(StateStore):
                     renewed = time.monotonic()
                     if self.role is not None:
                         self._beat_shared(cur)
+                    self._beat_work(cur)
                     cur.execute("SELECT version FROM schema_version WHERE id = 1")
                     newer = cur.fetchone()
                     if newer is not None and int(newer[0]) > len(MIGRATIONS):
@@ -683,6 +694,9 @@ class MySQLStore(StateStore):
             (self._holder, socket.gethostname(), os.getpid(), self.role, conn_id, conn_client),
         )
         self._end_frozen(cur)
+
+    def _beat_work(self, cur: Any) -> None:
+        """The pipeline lease this process owns and the send claims it holds (a follower's or a one-shot run's)."""
         generation = self._pipeline
         if (
             generation is not None
@@ -801,6 +815,14 @@ class MySQLStore(StateStore):
                     f"a run holds the lease on {self.location}: pid {row['pid']} on {row['host']};"
                     " the follower starts once it is done"
                 )
+            elif row["holder"]:
+                # A run that died or froze past its lease: taken from it (a new generation), so that one that
+                # wakes finds its lease gone at its next heartbeat and stops.
+                self.conn.execute(
+                    "UPDATE leases SET holder = '', host = '', pid = 0, generation = generation + 1, expires_at = 0"
+                    " WHERE name = ?",
+                    (RUN_LEASE,),
+                )
             conn_id, conn_client = self.conn.identity or (None, None)
             self.conn.execute(
                 "INSERT INTO processes (holder, host, pid, role, started_at, heartbeat_at, conn_id, conn_client)"
@@ -828,8 +850,8 @@ class MySQLStore(StateStore):
     def take_pipeline(self) -> bool:
         """Own the import pipeline: ours already, free, or expired (its owner died or froze: on this host a
         dead owner frees it at once). A new owner raises the generation, the fencing token of its writes."""
-        if self.role is None:  # a one-shot run holds the run lease: the pipeline is its alone
-            return True
+        if self.role is None:  # a one-shot run took it with the run lease (lock)
+            return self._pipeline is not None and not self._pipeline_lost.is_set()
         if self._pipeline is not None and not self._pipeline_lost.is_set():
             return True
         self._pipeline = None
@@ -887,7 +909,7 @@ class MySQLStore(StateStore):
 
     def check_fence(self) -> None:
         """Right before what no transaction can fence (the SFTP upload, starting the import): still the owner?"""
-        if self.role is not None:
+        if self.role is not None or self._pipeline is not None:
             self._check_pipeline()
 
     def claim_work(
@@ -903,7 +925,7 @@ class MySQLStore(StateStore):
         """`work`, claimed for this process: rows nobody claims (or whose claim expired, or ours) are locked
         with SKIP LOCKED (another process claiming at the same time takes other rows, never waits) and claimed
         in the same transaction. A page is one claim: a few round trips per page, not per row."""
-        if self.role is None:
+        if self.read_only:  # a dry run's preview claims nothing
             return self.work(batch_id, channel, statuses, template, after, limit, known_only)
         with self.transaction():
             rows = self._page(batch_id, channel, statuses, template, after, limit, known_only, claim=True)
@@ -962,15 +984,15 @@ class MySQLStore(StateStore):
         return found if limit < 0 else found[:limit]
 
     def mark(self, seqs: Sequence[int], status: str) -> int:
-        """A follower marks only rows it still claims: one whose claim expired while it was frozen may be in
-        another's hands (a triggered send marked twice would go twice)."""
-        if self.role is None:
-            return super().mark(seqs, status)
+        """Never a row another process claims now: this one's claim may have expired while it was frozen and the
+        row be in another's hands (a triggered send marked by both would go twice). A follower and a one-shot
+        run alike: a frozen run and a follower that started meanwhile may both be at work."""
         if not seqs:
             return 0
         cur = self.conn.execute(
             f"UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ?"
-            f" WHERE seq IN ({','.join('?' * len(seqs))}) AND claim_holder = ?",
+            f" WHERE seq IN ({','.join('?' * len(seqs))})"
+            f" AND (claim_holder IN ('', ?) OR claim_expires < {_NOW})",
             (status, time.time(), *seqs, self._claim),
         )
         return max(cur.rowcount, 0)
@@ -982,19 +1004,19 @@ class MySQLStore(StateStore):
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for o in outcomes:
             groups.setdefault((o.status, o.error_code, o.reason), []).append(o.seq)
-        with self._claims_lock:  # recorded: no longer this process's to renew or release (the column may stay)
+        with self._claims_lock:  # recorded: no longer this process's to renew or release
             self._claims.difference_update(s for seqs in groups.values() for s in seqs)
+        # And the claim let go of in the same update (fixed-width: in place), so that a row sent back to pending
+        # (`retry`, a requeue) is free at once; a claim another took while this one was frozen stays.
         for (status, code, reason), seqs in groups.items():
             sent_at = "?" if status == Delivery.SENT else "sent_at"
             self.conn.execute(
-                f"UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?, sent_at = {sent_at}"
-                f" WHERE seq IN ({','.join('?' * len(seqs))})",
-                (status, code, reason, now, *((now,) if status == Delivery.SENT else ()), *seqs),
+                f"UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?, sent_at = {sent_at},"
+                f" claim_holder = IF(claim_holder = ?, '', claim_holder) WHERE seq IN ({','.join('?' * len(seqs))})",
+                (status, code, reason, now, *((now,) if status == Delivery.SENT else ()), self._claim, *seqs),
             )
 
     def release_claims(self) -> None:
-        if self.role is None:
-            return
         with self._claims_lock:
             held = sorted(self._claims)
         for start in range(0, len(held), 5000):
@@ -1055,7 +1077,7 @@ class MySQLStore(StateStore):
 
     def _unregister(self) -> None:
         """A clean stop: the pipeline and the claims are free at once (no one waits for them to expire)."""
-        if self.role is None:
+        if self.read_only or self.lost:
             return
         with contextlib.suppress(McnotifyError):
             if self._pipeline is not None and not self._pipeline_lost.is_set():
@@ -1063,8 +1085,10 @@ class MySQLStore(StateStore):
                     "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ? AND generation = ?",
                     (PIPELINE_LEASE, self._holder, self._pipeline),
                 )
-            self.release_claims()
-            self.conn.execute("DELETE FROM processes WHERE holder = ?", (self._holder,))
+            if self._claims:
+                self.release_claims()
+            if self.role is not None:
+                self.conn.execute("DELETE FROM processes WHERE holder = ?", (self._holder,))
         self.role = None
         self._pipeline = None
 
