@@ -170,6 +170,62 @@ def test_a_one_shot_run_frozen_past_its_lease_and_a_follower_never_both_send(sta
             one_shot.mark([held[0].seq], Delivery.SENDING)
 
 
+def test_a_frozen_follower_never_marks_a_row_another_sent_meanwhile(state_db: str) -> None:
+    """From an attack: a follower claims triggered emails and freezes; another claims them once the claims
+    expire, sends and records them. The first wakes with its list in memory: it must mark none of them."""
+    with stores(state_db, 2) as (a, b):
+        batch = _triggered_row(a)
+        a.register("follower")
+        b.register("follower")
+        mine = b.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        _freeze(b)
+        time.sleep(LEASE + 1)
+        got = a.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        with a.transaction():
+            assert a.mark([got[0].seq], Delivery.SENDING) == 1
+        with a.transaction():
+            a.record([Outcome(got[0].seq, Delivery.SENT, None, None)])
+        b._start_heartbeat()  # it wakes
+        with b.transaction():
+            assert b.mark([mine[0].seq], Delivery.SENDING) == 0
+        assert [n.status for n in a.notifications(batch_id=batch)] == ["sent"]
+
+
+def test_a_one_shot_run_that_outlives_its_lease_with_nobody_else_goes_on(state_db: str) -> None:
+    """A run's transaction longer than the lease, or a pause that nobody used to take anything over: the run is
+    still the only one at work and must neither fail nor strand a row in 'sending'."""
+    with stores(state_db, 1) as (one_shot,):
+        batch = _triggered_row(one_shot)
+        one_shot.lock()
+        rows = one_shot.claim_work(batch, "email", (Delivery.PENDING, Delivery.SENDING), template="t")
+        with one_shot.transaction():
+            assert one_shot.mark([rows[0].seq], Delivery.SENDING) == 1
+            time.sleep(LEASE + 1.5)  # a long transaction: the heartbeat could not renew the pipeline meanwhile
+        _freeze(one_shot)
+        time.sleep(LEASE + 1)  # paused past the lease, and nobody else about
+        with one_shot.transaction():
+            assert one_shot.release([rows[0].seq]) == 1  # its request never left: back to pending
+        assert [n.status for n in one_shot.notifications(batch_id=batch)] == ["pending"]
+
+
+def test_a_follower_frozen_inside_a_transaction_does_not_hold_up_a_one_shot_run(state_db: str) -> None:
+    """With no other follower alive to end its connection, a one-shot run that starts does so itself: it does
+    not wait (innodb_lock_wait_timeout, or the server's wait_timeout) on the frozen one's locks."""
+    with stores(state_db, 2) as (follower, one_shot):
+        follower.register("follower")
+        assert follower.take_pipeline()
+        frozen = contextlib.ExitStack()
+        frozen.enter_context(follower.fenced())
+        frozen.enter_context(follower.transaction())  # holds the pipeline lease row in share mode
+        _freeze(follower)
+        time.sleep(LEASE + 1)
+        started = time.monotonic()
+        one_shot.lock()
+        assert time.monotonic() - started < 5 and one_shot.take_pipeline()
+        with pytest.raises(StateDatabaseError), frozen:  # it wakes: its transaction is gone
+            follower.set_meta("source.watermark", 1)
+
+
 def test_the_heartbeat_never_waits_on_rows_its_own_process_is_recording(state_db: str) -> None:
     """The heartbeat renews the claims it read a moment ago while the main thread records some of those rows
     in a transaction: waiting on them, in the other order, is a deadlock that loses the recording transaction

@@ -278,7 +278,7 @@ def test_sending_records_and_views(make_store: MakeStore) -> None:
             [_new(str(i), f"k{i}", f"u{i}@example.com", event_at=now - 10 * i) for i in range(1, 6)]
             + [_new("s1", "k1", "0912345678", channel="sms", message_key="bad key!")],
         )
-    page = store.work(batch, "email", [Delivery.PENDING], after=0, limit=2)
+    page = store.claim_work(batch, "email", [Delivery.PENDING], after=0, limit=2)  # (MariaDB: claimed to mark)
     assert [n.notification_id for n in page] == ["1", "2"]
     assert len(store.work(batch, "email", [Delivery.PENDING])) == 5  # no limit
     with store.transaction():

@@ -573,6 +573,16 @@ class MySQLStore(StateStore):
         naming the holder. The database's clock decides expiry, so hosts' clocks need not agree."""
         if self._generation is not None:
             return
+        # A follower frozen inside a transaction holds its locks (the pipeline lease row among them) until its
+        # connection ends: end it first, as the followers' heartbeats would, rather than wait on it.
+        reaper = self.target.connect()
+        try:
+            with reaper.cursor() as cur:
+                self._end_frozen(cur)
+        except pymysql.Error as exc:
+            raise StateDatabaseError(f"state database {self.location}: {_why(exc)}", _code(exc)) from None
+        finally:
+            reaper.close()
         with self.transaction():
             row = self.conn.execute(
                 f"SELECT holder, host, pid, generation, expires_at, {_NOW} AS now FROM leases WHERE name = ?"
@@ -600,7 +610,7 @@ class MySQLStore(StateStore):
             if follower := self._live_follower():
                 raise LeaseHeld(
                     f"followers work on {self.location} (pid {follower[1]} on {follower[0]}, and maybe more);"
-                    " nothing done, they keep the chain moving"
+                    " nothing done, they keep the chain moving (stop them to run this command)"
                 )
             if row is not None:
                 self._write_lease(RUN_LEASE, generation, insert=False)
@@ -665,6 +675,7 @@ class MySQLStore(StateStore):
                     renewed = time.monotonic()
                     if self.role is not None:
                         self._beat_shared(cur)
+                    self._end_frozen(cur)  # (a one-shot run's too: a follower may freeze while it runs)
                     self._beat_work(cur)
                     cur.execute("SELECT version FROM schema_version WHERE id = 1")
                     newer = cur.fetchone()
@@ -693,7 +704,6 @@ class MySQLStore(StateStore):
             " heartbeat_at = VALUES(heartbeat_at), conn_id = VALUES(conn_id), conn_client = VALUES(conn_client)",
             (self._holder, socket.gethostname(), os.getpid(), self.role, conn_id, conn_client),
         )
-        self._end_frozen(cur)
 
     def _beat_work(self, cur: Any) -> None:
         """The pipeline lease this process owns and the send claims it holds (a follower's or a one-shot run's)."""
@@ -894,10 +904,15 @@ class MySQLStore(StateStore):
             self._fence -= self.role is not None
 
     def _check_pipeline(self, locking: str = "") -> None:
+        """Still the pipeline's owner: its holder and generation unchanged. Inside a transaction (`locking`) that
+        is enough, expired or not: the shared lock keeps a takeover out until this commits, and an owner whose
+        heartbeat was only late (a long transaction, a pause nobody used) goes on. Before what no transaction
+        covers (an upload), the lease must also be current: a takeover could come at any moment after."""
         if self._pipeline is None or self._pipeline_lost.is_set():
             raise PipelineLost(f"this process does not own the import pipeline on {self.location}")
         row = self.conn.execute(
-            f"SELECT 1 FROM leases WHERE name = ? AND holder = ? AND generation = ? AND expires_at > {_NOW} {locking}",
+            f"SELECT expires_at > {_NOW} AS current FROM leases WHERE name = ? AND holder = ? AND generation = ?"
+            f" {locking}",
             (PIPELINE_LEASE, self._holder, self._pipeline),
         ).fetchone()
         if row is None:
@@ -905,6 +920,11 @@ class MySQLStore(StateStore):
             log.warning("follow: lost the import pipeline on %s (another process took it over)", self.location)
             raise PipelineLost(
                 f"another process took the import pipeline on {self.location} over; this cycle stops here"
+            )
+        if not locking and not row["current"]:
+            raise PipelineLost(
+                f"the lease on the import pipeline on {self.location} ran out (no heartbeat for {self.lease:g} s);"
+                " not uploading or starting an import until it is renewed"
             )
 
     def check_fence(self) -> None:
@@ -984,15 +1004,14 @@ class MySQLStore(StateStore):
         return found if limit < 0 else found[:limit]
 
     def mark(self, seqs: Sequence[int], status: str) -> int:
-        """Never a row another process claims now: this one's claim may have expired while it was frozen and the
-        row be in another's hands (a triggered send marked by both would go twice). A follower and a one-shot
-        run alike: a frozen run and a follower that started meanwhile may both be at work."""
+        """Only a pending row this process claims: its claim may have expired while it was frozen and the row
+        been claimed, sent and recorded by another since (a triggered send marked by both would go twice). A
+        follower and a one-shot run alike: a frozen run and a follower that started meanwhile may both work."""
         if not seqs:
             return 0
         cur = self.conn.execute(
             f"UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ?"
-            f" WHERE seq IN ({','.join('?' * len(seqs))})"
-            f" AND (claim_holder IN ('', ?) OR claim_expires < {_NOW})",
+            f" WHERE seq IN ({','.join('?' * len(seqs))}) AND status = '{Delivery.PENDING}' AND claim_holder = ?",
             (status, time.time(), *seqs, self._claim),
         )
         return max(cur.rowcount, 0)
