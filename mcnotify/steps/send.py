@@ -288,18 +288,27 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only:
 
     section = ctx.settings.email
     client = ctx.mc()
-    rows = [n for chunk in _chunks(ctx, batch_id, "email", 1000, known_only) for n in chunk]
-    # A 'sending' row survived a crash mid-request: MC may have sent it. Never send it again.
-    stale = [
-        Outcome(n.seq, UNKNOWN, None, "interrupted during a triggered send; not resent to avoid a duplicate")
-        for n in rows
-        if n.status == SENDING
-    ]
-    if stale:
-        with ctx.store.transaction():
-            ctx.store.record(stale)
-        _tally(report, stale)
-    fresh = [n for n in rows if n.status == PENDING]
+    fresh: list[Notification] = []  # the rows handed to the pool so far, in submit order
+
+    def rows() -> Iterator[Notification]:
+        """Chunk by chunk as the pool takes them: a large batch is neither read nor claimed all at once (sharing
+        the state, what this process has not reached yet stays for the others)."""
+        for chunk in _chunks(ctx, batch_id, "email", 1000, known_only):
+            # A 'sending' row survived a crash mid-request: MC may have sent it. Never send it again.
+            stale = [
+                Outcome(n.seq, UNKNOWN, None, "interrupted during a triggered send; not resent to avoid a duplicate")
+                for n in chunk
+                if n.status == SENDING
+            ]
+            if stale:
+                with ctx.store.transaction():
+                    ctx.store.record(stale)
+                _tally(report, stale)
+            for n in chunk:
+                if n.status == PENDING:
+                    fresh.append(n)
+                    yield n
+
     throttle, limiter = _flow(ctx, "email")
     marked: list[int] = []  # seqs marked 'sending', in submit order
     left: set[int] = set()  # seqs whose request was handed to the HTTP client (worker threads add)
@@ -345,7 +354,7 @@ def _send_triggered(ctx: Context, report: SendReport, batch_id: int, known_only:
         marked.append(seq)
 
     try:
-        _run_pool(ctx, report, ((job(n), 1) for n in fresh), throttle, limiter, on_submit=mark)
+        _run_pool(ctx, report, ((job(n), 1) for n in rows()), throttle, limiter, on_submit=mark)
     finally:
         # Never left, or never reached MC: send again later. (A row whose outcome was recorded is no longer
         # 'sending', so release leaves it alone.)
