@@ -364,6 +364,16 @@ class _Connection:
 
         return self._retrying(call)
 
+    def with_cursor(self, work: Callable[[Any], None]) -> None:
+        """`work(cursor)` on this connection's own pymysql cursor (%s placeholders), between transactions: what
+        the heartbeat runs on its connection, run here without opening another."""
+
+        def call() -> None:
+            with self._conn.cursor() as cur:
+                work(cur)
+
+        self._retrying(call)
+
     def raw(self, sql: str, args: Sequence[Any] | None = None) -> _Result:
         """A statement in pymysql's own %s syntax (the migrations)."""
 
@@ -575,14 +585,7 @@ class MySQLStore(StateStore):
             return
         # A follower frozen inside a transaction holds its locks (the pipeline lease row among them) until its
         # connection ends: end it first, as the followers' heartbeats would, rather than wait on it.
-        reaper = self.target.connect()
-        try:
-            with reaper.cursor() as cur:
-                self._end_frozen(cur)
-        except pymysql.Error as exc:
-            raise StateDatabaseError(f"state database {self.location}: {_why(exc)}", _code(exc)) from None
-        finally:
-            reaper.close()
+        self.conn.with_cursor(self._end_frozen)
         with self.transaction():
             row = self.conn.execute(
                 f"SELECT holder, host, pid, generation, expires_at, {_NOW} AS now FROM leases WHERE name = ?"
