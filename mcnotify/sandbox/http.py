@@ -301,6 +301,7 @@ class Handler(BaseHTTPRequestHandler):
                 }
             )
             responses.append({"messageKey": key})
+        self.account.flush_record()
         failed = sum(1 for r in responses if "errorcode" in r)
         if failed and single_key is not None:
             self._error(400, responses[0]["errorcode"], responses[0]["message"])
@@ -411,6 +412,7 @@ class Handler(BaseHTTPRequestHandler):
                 "requestId": rid,
             }
         )
+        self.account.flush_record()
         self._send(
             202,
             {

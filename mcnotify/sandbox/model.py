@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mcnotify.sandbox import rules
 
@@ -81,12 +81,17 @@ class Account:
         self.faults: list[Fault] = []
         self.random = random.Random(settings.seed)
         self.record_path: Path | None = None  # when set, every accepted message is appended as a JSON line
+        self._record_file: TextIO | None = None  # (opened once: not once a message; flushed once a request)
         self._stop = threading.Event()
         if settings.scheduled_import_every:
             threading.Thread(target=self._schedule, name="sandbox-automation", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        with self.lock:
+            if self._record_file is not None:
+                self._record_file.close()
+                self._record_file = None
 
     def _schedule(self) -> None:
         seen: dict[str, float] = {}
@@ -228,8 +233,15 @@ class Account:
             record["acceptedAt"] = time.time()
             self.accepted.append(record)
             if self.record_path is not None:
-                with self.record_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if self._record_file is None:
+                    self._record_file = self.record_path.open("a", encoding="utf-8")
+                self._record_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def flush_record(self) -> None:
+        """The accepted messages of a request, on disk before its reply goes out."""
+        with self.lock:
+            if self._record_file is not None:
+                self._record_file.flush()
 
     def subscriber_problem(self, contact_key: str, email: str) -> tuple[int, str] | None:
         if not self.settings.require_subscribers:
