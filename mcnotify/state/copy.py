@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mcnotify.errors import ConfigError, McnotifyError
 from mcnotify.state.mysql import MySQLStore, Target
-from mcnotify.state.mysql_schema import TABLES
+from mcnotify.state.mysql_schema import COORDINATION, TABLES
 from mcnotify.state.store import StateStore
 
 CHUNK = 2000  # rows per INSERT: pymysql packs an executemany into multi-row statements of up to ~1 MB
@@ -23,7 +23,7 @@ def _refuse_unless_empty(target: Target) -> None:
         with conn.cursor() as cur:
             cur.execute("SHOW TABLES")
             tables = {str(r[0]) for r in cur.fetchall()}
-            foreign = sorted(tables - {*TABLES, "schema_version", "leases", "processes"})
+            foreign = sorted(tables - {*TABLES, *COORDINATION})
             if foreign:
                 raise ConfigError(
                     f"state database {target.location} is not empty (it holds table {foreign[0]});"

@@ -9,6 +9,7 @@ migrations, the run lock as a lease row, the token cache).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -36,7 +37,7 @@ from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost, StateDatabas
 from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
 from mcnotify.state.interface import NewNotification, Notification, Outcome, Store
 from mcnotify.state.mysql_schema import MIGRATIONS
-from mcnotify.state.states import NOT_YET_IMPORTED, OPEN, UNSENDABLE, Delivery, StepStatus, sql_list
+from mcnotify.state.states import NOT_YET_IMPORTED, OPEN, UNSENDABLE, BatchStatus, Delivery, StepStatus, sql_list
 from mcnotify.state.store import StateFileLost, StateStore
 from mcnotify.state.tokens import NoTokenCache, Token
 
@@ -177,6 +178,19 @@ def _stored_id(notification_id: str) -> str:
 
 def _cut(text: str | None) -> str | None:
     return text if text is None or len(text) <= _VARCHAR else text[: _VARCHAR - 1] + "…"
+
+
+def _ranges(seqs: Sequence[int], others: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ascending seqs as (lo, hi) ranges none of which spans another process's claim (`others`, which hold none
+    of these seqs): a claim never covers rows that are not its own."""
+    starts = sorted(lo for lo, _ in others)
+    found: list[tuple[int, int]] = []
+    for seq in seqs:
+        if found and bisect.bisect_right(starts, found[-1][1]) == bisect.bisect_left(starts, seq):
+            found[-1] = (found[-1][0], seq)  # no other claim starts between the two
+        else:
+            found.append((seq, seq))
+    return found
 
 
 def _fitted(n: NewNotification) -> NewNotification:
@@ -478,8 +492,12 @@ class MySQLStore(StateStore):
         self._pipeline_lost = threading.Event()
         self._fence = 0  # inside fenced(): every transaction checks the pipeline lease first
         self._outdated = 0  # the schema a newer mcnotify moved the database to, seen by the heartbeat
-        self._claims: set[int] = set()  # the seqs this follower claims and has not recorded or released
-        self._claims_lock = threading.Lock()  # (the heartbeat thread renews them)
+        # The send claims this process holds (claim id: its seqs not yet recorded or released), and which claim
+        # each of those seqs is in. A claim whose seqs are all done is deleted; the heartbeat renews the rest.
+        self._claims: dict[int, set[int]] = {}
+        self._claim_of_seq: dict[int, int] = {}
+        self._claims_lock = threading.Lock()  # (the heartbeat thread reads them)
+        self._claim_locks: set[tuple[int, str]] = set()  # claim_locks rows known to exist
         self.conn = _Connection(target, read_only)
         try:
             if read_only:
@@ -624,6 +642,7 @@ class MySQLStore(StateStore):
             ).fetchone()
             owned = 1 if pipeline is None else int(pipeline["generation"]) + 1
             self._write_lease(PIPELINE_LEASE, owned, insert=pipeline is None)
+            self._tidy_claims()
         self._generation = generation
         self._pipeline = owned
         self._pipeline_lost.clear()
@@ -725,10 +744,10 @@ class MySQLStore(StateStore):
         self._renew_claims(cur)
 
     def _renew_claims(self, cur: Any) -> None:
-        """Claims live as long as their holder: a dead or frozen one's expire within the lease. Renewed by seq
-        (this process knows what it holds: no index on the holder for every claim and release to update), and
-        only rows no transaction holds (SKIP LOCKED): the heartbeat never waits on this process's own recording
-        of those rows, so the two cannot deadlock (a row being recorded needs no renewal)."""
+        """Claims live as long as their holder: a dead or frozen one's expire within the lease. Renewed by id
+        (this process knows what it holds), and only claims no transaction holds (SKIP LOCKED): the heartbeat
+        never waits on this process's own recording, which deletes a claim once its rows are done, so the two
+        cannot deadlock (a claim being deleted needs no renewal)."""
         with self._claims_lock:
             held = sorted(self._claims)
         for start in range(0, len(held), 5000):
@@ -736,15 +755,14 @@ class MySQLStore(StateStore):
             cur.execute("BEGIN")
             try:
                 cur.execute(
-                    f"SELECT seq FROM notifications WHERE seq IN ({','.join(['%s'] * len(part))})"
-                    " AND claim_holder = %s FOR UPDATE SKIP LOCKED",
+                    f"SELECT id FROM claims WHERE id IN ({','.join(['%s'] * len(part))})"
+                    " AND holder = %s FOR UPDATE SKIP LOCKED",
                     (*part, self._claim),
                 )
                 free = [int(r[0]) for r in cur.fetchall()]
                 if free:
                     cur.execute(
-                        f"UPDATE notifications SET claim_expires = {_NOW} + %s"
-                        f" WHERE seq IN ({','.join(['%s'] * len(free))})",
+                        f"UPDATE claims SET expires = {_NOW} + %s WHERE id IN ({','.join(['%s'] * len(free))})",
                         (self.lease, *free),
                     )
                 cur.execute("COMMIT")
@@ -845,6 +863,7 @@ class MySQLStore(StateStore):
             )
             # Rows of processes gone for a day: status need not list them for ever.
             self.conn.execute(f"DELETE FROM processes WHERE heartbeat_at < {_NOW} - 86400")
+            self._tidy_claims()
             # A process of this host that is gone (killed, restarted by systemd) frees its send claims now, as a
             # dead lease holder here frees the lease: its rows need not wait for the claims to expire.
             others = self.conn.execute(
@@ -852,10 +871,7 @@ class MySQLStore(StateStore):
             ).fetchall()
             for other in others:
                 if _dead_here(str(other["holder"])):
-                    self.conn.execute(  # (only open rows can be claimed: the status index finds them)
-                        f"UPDATE notifications SET claim_holder = '' WHERE status IN {_OPEN} AND claim_holder = ?",
-                        (_claim_of(str(other["holder"])),),
-                    )
+                    self.conn.execute("DELETE FROM claims WHERE holder = ?", (_claim_of(str(other["holder"])),))
                     self.conn.execute("DELETE FROM processes WHERE holder = ?", (other["holder"],))
         self.role = role
         self._start_heartbeat()
@@ -945,27 +961,99 @@ class MySQLStore(StateStore):
         limit: int = -1,
         known_only: bool = False,
     ) -> list[Notification]:
-        """`work`, claimed for this process: rows nobody claims (or whose claim expired, or ours) are locked
-        with SKIP LOCKED (another process claiming at the same time takes other rows, never waits) and claimed
-        in the same transaction. A page is one claim: a few round trips per page, not per row."""
+        """`work`, claimed for this process: the rows in no other process's live claim, claimed as a range of
+        seqs (a row in `claims` per page, not a write on every row). A batch and channel's claims are made one
+        process at a time (its claim_locks row, locked for the few milliseconds a claim takes); a claim whose
+        holder stopped renewing it for a lease (dead, frozen) is deleted here and its rows claimed anew. The rows
+        are read FOR UPDATE SKIP LOCKED: one that a transaction is recording right now is left alone."""
         if self.read_only:  # a dry run's preview claims nothing
             return self.work(batch_id, channel, statuses, template, after, limit, known_only)
+        key = (batch_id, channel)
+        if key not in self._claim_locks:
+            # Autocommitted, before the transaction: inside it, every claimer would share-lock the row at once
+            # and then each wait for the others to lock it for update.
+            self.conn.execute("INSERT IGNORE INTO claim_locks (batch_id, channel) VALUES (?, ?)", key)
+            self._claim_locks.add(key)
+        stored_template = _cut(template)
+        made: list[tuple[int, int, int]] = []  # (claim id, lo, hi)
         with self.transaction():
-            rows = self._page(batch_id, channel, statuses, template, after, limit, known_only, claim=True)
-            if rows:
-                self.conn.execute(
-                    f"UPDATE notifications SET claim_holder = ?, claim_expires = {_NOW} + ?"
-                    f" WHERE seq IN ({','.join('?' * len(rows))})",
-                    (self._claim, self.lease, *(n.seq for n in rows)),
+            if not self.conn.execute(
+                "SELECT batch_id FROM claim_locks WHERE batch_id = ? AND channel = ? FOR UPDATE", key
+            ).fetchone():  # tidied away since (a batch done long ago, sent to again): made again, and so locked
+                self.conn.execute("INSERT IGNORE INTO claim_locks (batch_id, channel) VALUES (?, ?)", key)
+            others: list[tuple[int, int]] = []  # live claims of other processes that cover these rows
+            expired: list[int] = []
+            for r in self.conn.execute(
+                f"SELECT id, template, lo, hi, holder, expires < {_NOW} AS expired FROM claims"
+                " WHERE batch_id = ? AND channel = ? FOR UPDATE",
+                key,
+            ):
+                if r["holder"] == self._claim:  # ours: its rows are ours to read again
+                    continue
+                if r["expired"]:
+                    expired.append(int(r["id"]))
+                elif template is None or r["template"] is None or r["template"] == stored_template:
+                    others.append((int(r["lo"]), int(r["hi"])))
+            if expired:
+                self.conn.execute(f"DELETE FROM claims WHERE id IN ({','.join('?' * len(expired))})", expired)
+            rows = self._page(batch_id, channel, statuses, template, after, limit, known_only, others)
+            for lo, hi in _ranges([n.seq for n in rows], others):
+                cur = self.conn.execute(
+                    "INSERT INTO claims (batch_id, channel, template, lo, hi, holder, expires)"
+                    f" VALUES (?, ?, ?, ?, ?, ?, {_NOW} + ?)",
+                    (batch_id, channel, stored_template, lo, hi, self._claim, self.lease),
                 )
+                assert cur.lastrowid is not None
+                made.append((cur.lastrowid, lo, hi))
+        emptied: list[int] = []  # earlier claims of ours whose rows this one took over
         with self._claims_lock:
-            self._claims.update(n.seq for n in rows)
+            for claim_id, lo, hi in made:
+                seqs = {n.seq for n in rows if lo <= n.seq <= hi}
+                for seq in seqs:
+                    before = self._claim_of_seq.get(seq)
+                    if before is not None and before in self._claims:
+                        self._claims[before].discard(seq)
+                        if not self._claims[before]:
+                            del self._claims[before]
+                            emptied.append(before)
+                    self._claim_of_seq[seq] = claim_id
+                self._claims[claim_id] = seqs
+        if emptied:
+            self._delete_claims(emptied)
         return rows
 
-    _COLUMNS = (
-        "seq, notification_id, batch_id, template, channel, subscriber_key, address, attributes, from_name,"
-        " status, message_key"
-    )
+    def _tidy_claims(self) -> None:
+        """What dead processes' claims leave behind (a claim's next claimer deletes it, unless nobody claims in
+        its batch again), and the claim locks of batches done for a day: these tables hold what is in flight."""
+        self.conn.execute(f"DELETE FROM claims WHERE expires < {_NOW} - 3600")
+        self.conn.execute(
+            "DELETE claim_locks FROM claim_locks JOIN batches ON batches.id = claim_locks.batch_id"
+            " WHERE batches.status = ? AND batches.created_at < ?",
+            (BatchStatus.DONE, time.time() - 86400),
+        )
+
+    def _delete_claims(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), 5000):
+            part = ids[start : start + 5000]
+            self.conn.execute(
+                f"DELETE FROM claims WHERE id IN ({','.join('?' * len(part))}) AND holder = ?", (*part, self._claim)
+            )
+
+    def _let_go(self, seqs: Iterable[int]) -> None:
+        """These rows are done with (recorded, released, moved to another batch): a claim left with none is
+        deleted, in the caller's transaction, so that the rest of its range is free at once."""
+        done: list[int] = []
+        with self._claims_lock:
+            for seq in seqs:
+                claim_id = self._claim_of_seq.pop(seq, None)
+                left = self._claims.get(claim_id) if claim_id is not None else None
+                if left is not None and claim_id is not None:
+                    left.discard(seq)
+                    if not left:
+                        del self._claims[claim_id]
+                        done.append(claim_id)
+        if done:
+            self._delete_claims(done)
 
     def _page(
         self,
@@ -976,46 +1064,92 @@ class MySQLStore(StateStore):
         after: int,
         limit: int,
         known_only: bool,
-        claim: bool = False,
+        claimed: Sequence[tuple[int, int]] | None = None,
     ) -> list[Notification]:
         """A page of work, oldest first. One query per status, each an equality: the index (batch, channel,
         template, status, seq) then yields rows in seq order from `after` on, and the query stops at the limit
         (`status IN (...)` reads and sorts every open row of the batch for each page: quadratic in a large batch).
-        `claim`: only rows free to claim, locked with SKIP LOCKED."""
+        `claimed`, to claim: the (lo, hi) seq ranges other processes claim, left out; the rows are locked with
+        SKIP LOCKED."""
         where = (
             "batch_id = ? AND channel = ? AND status = ? AND seq > ?"
             + (" AND template = ?" if template is not None else "")
             + (f" AND {self._KNOWN}" if known_only else "")
-            + (f" AND (claim_holder = '' OR claim_holder = ? OR claim_expires < {_NOW})" if claim else "")
+            + " AND seq NOT BETWEEN ? AND ?" * len(claimed or ())
         )
-        locking = " FOR UPDATE SKIP LOCKED" if claim else ""
+        locking = " FOR UPDATE SKIP LOCKED" if claimed is not None else ""
         # Named: left to itself, the optimizer takes (batch, channel, status) and walks it from the batch's first
         # row on every page, skipping those before `after` one by one.
         table = "notifications FORCE INDEX (notifications_send)" if template is not None else "notifications"
+        # Only the columns the query does not fix (pymysql decodes every value in Python: a page is thousands).
+        columns = "seq, notification_id, subscriber_key, address, attributes, from_name, message_key, template"
         found: list[Notification] = []
         for status in statuses:
             args = [batch_id, channel, status, after, *([template] if template is not None else [])]
-            for r in self.conn.execute(
-                f"SELECT {self._COLUMNS} FROM {table} WHERE {where} ORDER BY seq LIMIT ?{locking}",
-                (*args, *([self._claim] if claim else []), _NO_LIMIT if limit < 0 else limit),
+            for (
+                seq,
+                notification_id,
+                key,
+                address,
+                attributes,
+                from_name,
+                message_key,
+                row_template,
+            ) in self.conn.execute(
+                f"SELECT {columns} FROM {table} WHERE {where} ORDER BY seq LIMIT ?{locking}",
+                (*args, *(bound for pair in claimed or () for bound in pair), _NO_LIMIT if limit < 0 else limit),
             ):
-                d = dict(zip(r.keys(), r, strict=True))
-                d["attributes"] = json.loads(d["attributes"])
-                found.append(Notification(**d))
+                found.append(
+                    Notification(
+                        seq,
+                        notification_id,
+                        batch_id,
+                        row_template,
+                        channel,
+                        key,
+                        address,
+                        json.loads(attributes),
+                        from_name,
+                        status,
+                        message_key,
+                    )
+                )
         if len(statuses) > 1:
             found.sort(key=lambda n: n.seq)
         return found if limit < 0 else found[:limit]
 
     def mark(self, seqs: Sequence[int], status: str) -> int:
-        """Only a pending row this process claims: its claim may have expired while it was frozen and the row
-        been claimed, sent and recorded by another since (a triggered send marked by both would go twice). A
-        follower and a one-shot run alike: a frozen run and a follower that started meanwhile may both work."""
+        """Only a pending row of a claim this process still holds: its claim may have expired while it was frozen
+        and been taken over, the row sent and recorded by another since (a triggered send marked by both would go
+        twice). A follower and a one-shot run alike: a frozen run and a follower that started meanwhile may both
+        work. The claim stays share-locked until the caller commits: a takeover (which locks it for update to
+        delete it) waits for that, and then finds the row marked."""
         if not seqs:
+            return 0
+        if not self.conn.in_transaction:
+            with self.transaction():
+                return self.mark(seqs, status)
+        with self._claims_lock:
+            ids = sorted({self._claim_of_seq[s] for s in seqs if s in self._claim_of_seq})
+        live: set[int] = set()
+        if ids:
+            live = {
+                int(r[0])
+                for r in self.conn.execute(
+                    f"SELECT id FROM claims WHERE id IN ({','.join('?' * len(ids))}) AND holder = ? LOCK IN SHARE MODE",
+                    (*ids, self._claim),
+                )
+            }
+        with self._claims_lock:
+            mine = [s for s in seqs if self._claim_of_seq.get(s) in live]
+        if len(mine) < len(seqs):  # another process's now: not ours to send, renew or release
+            self._let_go(set(seqs) - set(mine))
+        if not mine:
             return 0
         cur = self.conn.execute(
             f"UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ?"
-            f" WHERE seq IN ({','.join('?' * len(seqs))}) AND status = '{Delivery.PENDING}' AND claim_holder = ?",
-            (status, time.time(), *seqs, self._claim),
+            f" WHERE seq IN ({','.join('?' * len(mine))}) AND status = '{Delivery.PENDING}'",
+            (status, time.time(), *mine),
         )
         return max(cur.rowcount, 0)
 
@@ -1026,30 +1160,36 @@ class MySQLStore(StateStore):
         groups: dict[tuple[str, str | None, str | None], list[int]] = {}
         for o in outcomes:
             groups.setdefault((o.status, o.error_code, o.reason), []).append(o.seq)
-        with self._claims_lock:  # recorded: no longer this process's to renew or release
-            self._claims.difference_update(s for seqs in groups.values() for s in seqs)
-        # And the claim let go of in the same update (fixed-width: in place), so that a row sent back to pending
-        # (`retry`, a requeue) is free at once; a claim another took while this one was frozen stays.
         for (status, code, reason), seqs in groups.items():
             sent_at = "?" if status == Delivery.SENT else "sent_at"
             self.conn.execute(
-                f"UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?, sent_at = {sent_at},"
-                f" claim_holder = IF(claim_holder = ?, '', claim_holder) WHERE seq IN ({','.join('?' * len(seqs))})",
-                (status, code, reason, now, *((now,) if status == Delivery.SENT else ()), self._claim, *seqs),
+                f"UPDATE notifications SET status = ?, error_code = ?, reason = ?, updated_at = ?, sent_at = {sent_at}"
+                f" WHERE seq IN ({','.join('?' * len(seqs))})",
+                (status, code, reason, now, *((now,) if status == Delivery.SENT else ()), *seqs),
             )
+        # Recorded: no longer this process's to renew or release (a claim whose rows are all done is deleted).
+        self._let_go(s for seqs in groups.values() for s in seqs)
+
+    def release(self, seqs: Iterable[int]) -> int:
+        seqs = list(seqs)
+        released = super().release(seqs)
+        self._let_go(seqs)
+        return released
+
+    def requeue_for_import(self, seqs: Sequence[int], reason: str, limit: int = 3) -> tuple[int, int]:
+        counts = super().requeue_for_import(seqs, reason, limit)
+        self._let_go(seqs)  # (moved to another batch, or failed: out of this claim either way)
+        return counts
 
     def release_claims(self) -> None:
         with self._claims_lock:
             held = sorted(self._claims)
-        for start in range(0, len(held), 5000):
-            part = held[start : start + 5000]
-            self.conn.execute(
-                f"UPDATE notifications SET claim_holder = '' WHERE seq IN ({','.join('?' * len(part))})"
-                " AND claim_holder = ?",
-                (*part, self._claim),
-            )
+        self._delete_claims(held)
         with self._claims_lock:
-            self._claims.difference_update(held)
+            for claim_id in held:
+                for seq in self._claims.pop(claim_id, ()):
+                    if self._claim_of_seq.get(seq) == claim_id:
+                        del self._claim_of_seq[seq]
 
     def processes(self) -> list[dict[str, Any]]:
         if not self.migrated():  # a preview of an older schema: no processes table yet

@@ -162,7 +162,32 @@ MIGRATIONS: list[list[str]] = [
         " ADD COLUMN claim_holder CHAR(16) CHARACTER SET ascii NOT NULL DEFAULT '',"
         " ADD COLUMN claim_expires DOUBLE NOT NULL DEFAULT 0"
     ],
+    # 8: a send claim is a range of seqs, one row per page claimed, instead of a mark written on every row (that
+    # write was most of what the database spent per message). `claim_locks` has one row per (batch, channel):
+    # locked, it makes claiming those rows one process at a time (a few milliseconds each). A claim's template
+    # is NULL when it covers every template of its batch and channel.
+    [
+        "CREATE TABLE claim_locks ("
+        " batch_id BIGINT NOT NULL,"
+        " channel VARCHAR(32) NOT NULL,"
+        " PRIMARY KEY (batch_id, channel)"
+        f") {_TABLE}",
+        "CREATE TABLE claims ("
+        " id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,"
+        " batch_id BIGINT NOT NULL,"
+        " channel VARCHAR(32) NOT NULL,"
+        " template VARCHAR(255),"
+        " lo BIGINT NOT NULL,"
+        " hi BIGINT NOT NULL,"
+        " holder CHAR(16) CHARACTER SET ascii NOT NULL,"
+        " expires DOUBLE NOT NULL,"
+        " INDEX claims_batch (batch_id, channel, lo)"
+        f") {_TABLE}",
+        "ALTER TABLE notifications DROP COLUMN claim_holder, DROP COLUMN claim_expires",
+    ],
 ]
 
 # The tables of the state, parents first (the order a copy inserts them in).
 TABLES = ("meta", "batches", "steps", "notifications", "runs", "token", "contacts")
+# This backend's own: the schema's version, and how the processes sharing the database coordinate.
+COORDINATION = ("schema_version", "leases", "processes", "claim_locks", "claims")
