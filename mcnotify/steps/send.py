@@ -209,25 +209,39 @@ def _run_pool(
         in_flight: set[cf.Future[list[Outcome]]] = set()
         job_iter = iter(jobs)
         submitted = 0
-        while True:
+        queued: tuple[Callable[[], list[Outcome]], int] | None = None  # taken from `jobs`, not yet handed over
+
+        def fill(may_wait: bool) -> None:
+            """Hand jobs to the pool up to the limit; `may_wait` False: only as far as the rate allows now."""
+            nonlocal queued, submitted
             while failure is None and not ctx.stopping and len(in_flight) < throttle.limit:
-                nxt = next(job_iter, None)
-                if nxt is None:
-                    break
-                limiter.acquire(nxt[1])
+                if queued is None and (queued := next(job_iter, None)) is None:
+                    return
+                if not may_wait and not limiter.ready(queued[1]):
+                    return
+                limiter.acquire(queued[1])
                 if on_submit is not None:
                     on_submit(submitted)
                 submitted += 1
-                in_flight.add(pool.submit(nxt[0]))
+                in_flight.add(pool.submit(queued[0]))
+                queued = None
+
+        while True:
+            fill(may_wait=True)
             if not in_flight:
                 break
-            done, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            in_flight.difference_update(done)
+            results: list[list[Outcome]] = []
             for fut in done:
                 try:
-                    outcomes = fut.result()
+                    results.append(fut.result())
                 except BaseException as exc:
                     failure = failure or exc
-                    continue
+            # The pool is kept busy while the results are written: with the state on a database server, a write
+            # takes long enough that a pool left idle meanwhile would send at a fraction of its pace.
+            fill(may_wait=False)
+            for outcomes in results:
                 with ctx.store.transaction():
                     _record(ctx, outcomes)
                 report.calls += 1
