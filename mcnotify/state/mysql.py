@@ -981,23 +981,34 @@ class MySQLStore(StateStore):
                 "SELECT batch_id FROM claim_locks WHERE batch_id = ? AND channel = ? FOR UPDATE", key
             ).fetchone():  # tidied away since (a batch done long ago, sent to again): made again, and so locked
                 self.conn.execute("INSERT IGNORE INTO claim_locks (batch_id, channel) VALUES (?, ?)", key)
-            others: list[tuple[int, int]] = []  # live claims of other processes that cover these rows
-            expired: list[int] = []
+            # Other processes' claims over these rows. Read without a lock (no other process claims here now, and
+            # one that finishes a claim deletes it without waiting for this); only an expired one is locked, to
+            # be taken over: its holder may be renewing it, or marking a row of it, this very moment.
+            others: dict[int, tuple[int, int]] = {}
+            same = "" if template is None else " AND (template IS NULL OR template = ?)"  # (NULL: every template)
             for r in self.conn.execute(
-                f"SELECT id, template, lo, hi, holder, expires < {_NOW} AS expired FROM claims"
-                " WHERE batch_id = ? AND channel = ? FOR UPDATE",
-                key,
+                f"SELECT id, lo, hi, holder FROM claims WHERE batch_id = ? AND channel = ?{same}",
+                (*key, *(() if template is None else (stored_template,))),
             ):
-                if r["holder"] == self._claim:  # ours: its rows are ours to read again
-                    continue
-                if r["expired"]:
-                    expired.append(int(r["id"]))
-                elif template is None or r["template"] is None or r["template"] == stored_template:
-                    others.append((int(r["lo"]), int(r["hi"])))
-            if expired:
-                self.conn.execute(f"DELETE FROM claims WHERE id IN ({','.join('?' * len(expired))})", expired)
-            rows = self._page(batch_id, channel, statuses, template, after, limit, known_only, others)
-            for lo, hi in _ranges([n.seq for n in rows], others):
+                if r["holder"] != self._claim:  # (ours: its rows are ours to read again)
+                    others[int(r["id"])] = (int(r["lo"]), int(r["hi"]))
+            if others:
+                ids = sorted(others)
+                expired = [
+                    int(r[0])
+                    for r in self.conn.execute(
+                        f"SELECT id FROM claims WHERE id IN ({','.join('?' * len(ids))}) AND expires < {_NOW}"
+                        " FOR UPDATE",
+                        ids,
+                    )
+                ]
+                if expired:
+                    self.conn.execute(f"DELETE FROM claims WHERE id IN ({','.join('?' * len(expired))})", expired)
+                    for claim_id in expired:
+                        del others[claim_id]
+            claimed = sorted(others.values())
+            rows = self._page(batch_id, channel, statuses, template, after, limit, known_only, claimed)
+            for lo, hi in _ranges([n.seq for n in rows], claimed):
                 cur = self.conn.execute(
                     "INSERT INTO claims (batch_id, channel, template, lo, hi, holder, expires)"
                     f" VALUES (?, ?, ?, ?, ?, ?, {_NOW} + ?)",
@@ -1426,6 +1437,28 @@ class MySQLStore(StateStore):
 
     def add_notifications(self, batch_id: int, rows: Iterable[NewNotification]) -> None:
         super().add_notifications(batch_id, (_fitted(n) for n in rows))
+
+    def templates(self, batch_id: int, channel: str, known_only: bool = False) -> list[str]:
+        """The batch's templates with open rows, found by skipping through the send index (batch, channel,
+        template, status, seq) a template at a time: DISTINCT over the open rows reads every one of them, and
+        each send pass of each follower asks."""
+        if known_only:
+            return super().templates(batch_id, channel, known_only)
+        found: list[str] = []
+        last: str | None = None
+        while row := self.conn.execute(
+            "SELECT template FROM notifications FORCE INDEX (notifications_send) WHERE batch_id = ? AND channel = ?"
+            f"{'' if last is None else ' AND template > ?'} ORDER BY template LIMIT 1",
+            (batch_id, channel, *(() if last is None else (last,))),
+        ).fetchone():
+            last = str(row[0])
+            if self.conn.execute(
+                "SELECT 1 FROM notifications FORCE INDEX (notifications_send)"
+                f" WHERE batch_id = ? AND channel = ? AND template = ? AND status IN {_OPEN} LIMIT 1",
+                (batch_id, channel, last),
+            ).fetchone():
+                found.append(last)
+        return found
 
     def work(
         self,

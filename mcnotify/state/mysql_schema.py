@@ -184,6 +184,9 @@ MIGRATIONS: list[list[str]] = [
         " INDEX claims_batch (batch_id, channel, lo)"
         f") {_TABLE}",
         "ALTER TABLE notifications DROP COLUMN claim_holder, DROP COLUMN claim_expires",
+        # And one index fewer for every recorded send to update (a fifth of what the database spends a message):
+        # only `status` asks for the last hour's sends, and it reads every row for its counts already.
+        "ALTER TABLE notifications DROP INDEX notifications_sent_at",
     ],
 ]
 
