@@ -201,7 +201,8 @@ def _run_pool(
     on_submit: Callable[[int], None] | None = None,
 ) -> None:
     """Run jobs with at most `throttle.limit` in flight; record each result as it lands, in one transaction per
-    call. On a fatal error, let the in-flight ones finish and be recorded, then re-raise. `on_submit(i)` runs in
+    call. On a fatal error (a call's, a claim's, a recording's), let the in-flight ones finish and be recorded,
+    then re-raise the first. `on_submit(i)` runs in
     this thread just before job i is handed to the pool."""
     failure: BaseException | None = None
     last_progress = time.monotonic()  # a running count once a second; a short send logs only its result
@@ -212,19 +213,24 @@ def _run_pool(
         queued: tuple[Callable[[], list[Outcome]], int] | None = None  # taken from `jobs`, not yet handed over
 
         def fill(may_wait: bool) -> None:
-            """Hand jobs to the pool up to the limit; `may_wait` False: only as far as the rate allows now."""
-            nonlocal queued, submitted
-            while failure is None and not ctx.stopping and len(in_flight) < throttle.limit:
-                if queued is None and (queued := next(job_iter, None)) is None:
-                    return
-                if not may_wait and not limiter.ready(queued[1]):
-                    return
-                limiter.acquire(queued[1])
-                if on_submit is not None:
-                    on_submit(submitted)
-                submitted += 1
-                in_flight.add(pool.submit(queued[0]))
-                queued = None
+            """Hand jobs to the pool up to the limit; `may_wait` False: only as far as the rate allows now. A
+            failure to (claiming the next chunk, marking a row) ends the submitting, not the recording: what is
+            in flight or done is still recorded, then the failure is raised."""
+            nonlocal queued, submitted, failure
+            try:
+                while failure is None and not ctx.stopping and len(in_flight) < throttle.limit:
+                    if queued is None and (queued := next(job_iter, None)) is None:
+                        return
+                    if not may_wait and not limiter.ready(queued[1]):
+                        return
+                    limiter.acquire(queued[1])
+                    if on_submit is not None:
+                        on_submit(submitted)
+                    submitted += 1
+                    in_flight.add(pool.submit(queued[0]))
+                    queued = None
+            except BaseException as exc:
+                failure = failure or exc
 
         while True:
             fill(may_wait=True)
@@ -242,8 +248,14 @@ def _run_pool(
             # takes long enough that a pool left idle meanwhile would send at a fraction of its pace.
             fill(may_wait=False)
             for outcomes in results:
-                with ctx.store.transaction():
-                    _record(ctx, outcomes)
+                try:
+                    with ctx.store.transaction():
+                        _record(ctx, outcomes)
+                except BaseException as exc:
+                    # Nothing more is sent; what is in flight is still recorded if the state takes it (a lost
+                    # connection is retried; a lost lease or state file refuses every write).
+                    failure = failure or exc
+                    continue
                 report.calls += 1
                 throttle.succeeded()
                 _tally(report, outcomes)
