@@ -166,6 +166,38 @@ def test_a_state_error_mid_send_marks_unknown_only_requests_that_left(
     assert "recipientSendId" in status.output and f"unknown {counts['unknown']}" in status.output
 
 
+def test_a_claim_that_fails_mid_send_loses_no_result_already_in(
+    env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From an attack: the pool is refilled (the next claim) before finished calls are recorded; a claim that
+    fails then (a deadlock, a lost connection) must not lose those results: a triggered email MC accepted would
+    end 'unknown' instead of 'sent'."""
+    triggered(env)
+    app_db(event_rows(1, people(20)))
+    assert run_cli(env.config, "sync").exit_code == 0
+    assert run_cli(env.config, "wait-import").exit_code == 0
+    on_mysql = isinstance(env.state, str)
+    store_class: Any = MySQLStore if on_mysql else StateStore
+    real, claims = store_class.claim_work, []
+
+    def failing(self: StateStore, *args: Any, **kwargs: Any) -> Any:
+        claims.append(1)
+        if len(claims) == 2:  # the claim after the first page: every request of that page is sent or in flight
+            raise (
+                StateDatabaseError("state database: (1213) Deadlock found when trying to get lock")
+                if on_mysql
+                else (sqlite3.OperationalError("database is locked"))
+            )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_class, "claim_work", failing)
+    assert run_cli(env.config, "send-email").exit_code == 1
+    monkeypatch.undo()
+    counts = statuses(env)
+    # Every request that went out is recorded sent (none left 'sending', to end 'unknown'); the rest wait.
+    assert counts["sent"] == len(env.accepted()) > 0 and counts["pending"] == 60 - counts["sent"], counts
+
+
 # -- a template removed from the config ----------------------------------------------------------------------------
 @pytest.mark.parametrize("api", ["transactional", "triggered-send"])
 def test_a_removed_template_holds_its_rows_and_blocks_nothing(env: Env, app_db: Any, api: str) -> None:

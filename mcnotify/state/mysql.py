@@ -498,6 +498,7 @@ class MySQLStore(StateStore):
         self._claim_of_seq: dict[int, int] = {}
         self._claims_lock = threading.Lock()  # (the heartbeat thread reads them)
         self._claim_locks: set[tuple[int, str]] = set()  # claim_locks rows known to exist
+        self._letting_go: set[int] = set()  # seqs let go of in the open transaction (forgotten at its commit)
         self.conn = _Connection(target, read_only)
         try:
             if read_only:
@@ -564,6 +565,7 @@ class MySQLStore(StateStore):
             self.check_identity()  # the lease was lost while we wrote: another process may be working
         except BaseException:
             self.conn.in_transaction = False
+            self._letting_go = set()
             with contextlib.suppress(StateDatabaseError):
                 self.conn.execute("ROLLBACK")
             raise
@@ -571,8 +573,10 @@ class MySQLStore(StateStore):
             # Still "in a transaction" for the retry logic: a connection lost at COMMIT is raised, never retried
             # on a new connection (where COMMIT would succeed with nothing to commit and the writes be lost).
             self.conn.execute("COMMIT")
+            self._forget(self._letting_go)
         finally:
             self.conn.in_transaction = False
+            self._letting_go = set()
 
     def check_identity(self) -> None:
         """Stop when the run lease was lost: another process may hold it now, and this one must not write. Or
@@ -1052,8 +1056,21 @@ class MySQLStore(StateStore):
 
     def _let_go(self, seqs: Iterable[int]) -> None:
         """These rows are done with (recorded, released, moved to another batch): a claim left with none is
-        deleted, in the caller's transaction, so that the rest of its range is free at once."""
-        done: list[int] = []
+        deleted, in the caller's transaction, so that the rest of its range is free at once. This process forgets
+        them when that transaction commits: rolled back, the claim is still there, and still renewed."""
+        seqs = set(seqs)
+        with self._claims_lock:
+            gone = self._letting_go | seqs
+            claims = {self._claim_of_seq[s] for s in seqs if s in self._claim_of_seq}
+            done = sorted(c for c in claims if c in self._claims and self._claims[c] <= gone)
+        if done:
+            self._delete_claims(done)
+        if self.conn.in_transaction:
+            self._letting_go |= seqs
+        else:
+            self._forget(seqs)
+
+    def _forget(self, seqs: Iterable[int]) -> None:
         with self._claims_lock:
             for seq in seqs:
                 claim_id = self._claim_of_seq.pop(seq, None)
@@ -1062,9 +1079,6 @@ class MySQLStore(StateStore):
                     left.discard(seq)
                     if not left:
                         del self._claims[claim_id]
-                        done.append(claim_id)
-        if done:
-            self._delete_claims(done)
 
     def _page(
         self,
