@@ -49,12 +49,6 @@ class RateLimiter:
         self._tokens = rate
         self._last = time.monotonic()
 
-    def ready(self, n: int) -> bool:
-        """Whether `n` messages may go now, without waiting."""
-        if self.rate <= 0:
-            return True
-        return min(self.rate, self._tokens + (time.monotonic() - self._last) * self.rate) >= n
-
     def acquire(self, n: int) -> None:
         if self.rate <= 0:
             return

@@ -210,30 +210,26 @@ def _run_pool(
         in_flight: set[cf.Future[list[Outcome]]] = set()
         job_iter = iter(jobs)
         submitted = 0
-        queued: tuple[Callable[[], list[Outcome]], int] | None = None  # taken from `jobs`, not yet handed over
 
-        def fill(may_wait: bool) -> None:
-            """Hand jobs to the pool up to the limit; `may_wait` False: only as far as the rate allows now. A
-            failure to (claiming the next chunk, marking a row) ends the submitting, not the recording: what is
-            in flight or done is still recorded, then the failure is raised."""
-            nonlocal queued, submitted, failure
+        def fill() -> None:
+            """Hand jobs to the pool up to the limit. A failure to (claiming the next chunk, marking a row) ends
+            the submitting, not the recording: what is in flight is still recorded, then the failure is raised."""
+            nonlocal submitted, failure
             try:
                 while failure is None and not ctx.stopping and len(in_flight) < throttle.limit:
-                    if queued is None and (queued := next(job_iter, None)) is None:
+                    nxt = next(job_iter, None)
+                    if nxt is None:
                         return
-                    if not may_wait and not limiter.ready(queued[1]):
-                        return
-                    limiter.acquire(queued[1])
+                    limiter.acquire(nxt[1])
                     if on_submit is not None:
                         on_submit(submitted)
                     submitted += 1
-                    in_flight.add(pool.submit(queued[0]))
-                    queued = None
+                    in_flight.add(pool.submit(nxt[0]))
             except BaseException as exc:
                 failure = failure or exc
 
         while True:
-            fill(may_wait=True)
+            fill()
             if not in_flight:
                 break
             done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -244,9 +240,6 @@ def _run_pool(
                     results.append(fut.result())
                 except BaseException as exc:
                     failure = failure or exc
-            # The pool is kept busy while the results are written: with the state on a database server, a write
-            # takes long enough that a pool left idle meanwhile would send at a fraction of its pace.
-            fill(may_wait=False)
             for outcomes in results:
                 try:
                     with ctx.store.transaction():
