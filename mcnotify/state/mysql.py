@@ -1105,7 +1105,7 @@ class MySQLStore(StateStore):
         locking = " FOR UPDATE SKIP LOCKED" if claimed is not None else ""
         # Named: left to itself, the optimizer takes (batch, channel, status) and walks it from the batch's first
         # row on every page, skipping those before `after` one by one.
-        table = "notifications FORCE INDEX (notifications_send)" if template is not None else "notifications"
+        table = "notifications FORCE INDEX (notifications_status)" if template is not None else "notifications"
         # Only the columns the query does not fix (pymysql decodes every value in Python: a page is thousands).
         columns = "seq, notification_id, subscriber_key, address, attributes, from_name, message_key, template"
         found: list[Notification] = []
@@ -1453,26 +1453,23 @@ class MySQLStore(StateStore):
         super().add_notifications(batch_id, (_fitted(n) for n in rows))
 
     def templates(self, batch_id: int, channel: str, known_only: bool = False) -> list[str]:
-        """The batch's templates with open rows, found by skipping through the send index (batch, channel,
-        template, status, seq) a template at a time: DISTINCT over the open rows reads every one of them, and
+        """The batch's templates with open rows, found by skipping through the status index (status, channel,
+        batch, template, seq) a template at a time: DISTINCT over the open rows reads every one of them, and
         each send pass of each follower asks."""
         if known_only:
             return super().templates(batch_id, channel, known_only)
-        found: list[str] = []
-        last: str | None = None
-        while row := self.conn.execute(
-            "SELECT template FROM notifications FORCE INDEX (notifications_send) WHERE batch_id = ? AND channel = ?"
-            f"{'' if last is None else ' AND template > ?'} ORDER BY template LIMIT 1",
-            (batch_id, channel, *(() if last is None else (last,))),
-        ).fetchone():
-            last = str(row[0])
-            if self.conn.execute(
-                "SELECT 1 FROM notifications FORCE INDEX (notifications_send)"
-                f" WHERE batch_id = ? AND channel = ? AND template = ? AND status IN {_OPEN} LIMIT 1",
-                (batch_id, channel, last),
+        found: set[str] = set()
+        for status in OPEN:
+            last: str | None = None
+            while row := self.conn.execute(
+                "SELECT template FROM notifications FORCE INDEX (notifications_status)"
+                " WHERE status = ? AND channel = ? AND batch_id = ?"
+                f"{'' if last is None else ' AND template > ?'} ORDER BY template LIMIT 1",
+                (status, channel, batch_id, *(() if last is None else (last,))),
             ).fetchone():
-                found.append(last)
-        return found
+                last = str(row[0])
+                found.add(last)
+        return sorted(found)
 
     def work(
         self,
