@@ -35,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     from tests.services import start_mariadb
 
+    bench.compile_package()
     db = start_mariadb()
     with tempfile.TemporaryDirectory(prefix="mcnotify-bench-") as tmp:
         workdir = Path(tmp)
