@@ -131,28 +131,39 @@ def test_an_exception_before_the_request_leaves_no_row_unknown(
     assert set(per_contact(env).values()) == {1} and sum(per_contact(env).values()) == 40
 
 
-def test_a_state_error_mid_send_marks_unknown_only_requests_that_left(
-    env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _triggered_batch_ready(env: Env, app_db: Any) -> None:
     triggered(env)
     app_db(event_rows(1, people(20)))
     assert run_cli(env.config, "sync").exit_code == 0
     assert run_cli(env.config, "wait-import").exit_code == 0
+
+
+def _fail_call(
+    env: Env, monkeypatch: pytest.MonkeyPatch, method: str, nth: int, on_mysql_error: str, on_file_error: str
+) -> None:
+    """The store's `method` raises on its `nth` call, as each backend's state would fail."""
     on_mysql = isinstance(env.state, str)
     store_class: Any = MySQLStore if on_mysql else StateStore
-    real, recorded = store_class.record, []
+    real, calls = getattr(store_class, method), []
 
-    def failing(self: StateStore, outcomes: Any) -> None:
-        recorded.append(1)
-        if len(recorded) == 5:
+    def failing(self: StateStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == nth:
             raise (
-                StateDatabaseError("state database: lost connection")
+                StateDatabaseError(f"state database: {on_mysql_error}")
                 if on_mysql
-                else sqlite3.OperationalError("disk I/O error")
+                else sqlite3.OperationalError(on_file_error)
             )
-        real(self, outcomes)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(store_class, "record", failing)
+    monkeypatch.setattr(store_class, method, failing)
+
+
+def test_a_state_error_mid_send_marks_unknown_only_requests_that_left(
+    env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _triggered_batch_ready(env, app_db)
+    _fail_call(env, monkeypatch, "record", 5, "lost connection", "disk I/O error")
     assert run_cli(env.config, "send-email").exit_code == 1
     monkeypatch.undo()
     assert run_cli(env.config, "run-all").exit_code == 0
@@ -169,28 +180,11 @@ def test_a_state_error_mid_send_marks_unknown_only_requests_that_left(
 def test_a_claim_that_fails_mid_send_loses_no_result_already_in(
     env: Env, app_db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From an attack: the pool is refilled (the next claim) before finished calls are recorded; a claim that
-    fails then (a deadlock, a lost connection) must not lose those results: a triggered email MC accepted would
-    end 'unknown' instead of 'sent'."""
-    triggered(env)
-    app_db(event_rows(1, people(20)))
-    assert run_cli(env.config, "sync").exit_code == 0
-    assert run_cli(env.config, "wait-import").exit_code == 0
-    on_mysql = isinstance(env.state, str)
-    store_class: Any = MySQLStore if on_mysql else StateStore
-    real, claims = store_class.claim_work, []
-
-    def failing(self: StateStore, *args: Any, **kwargs: Any) -> Any:
-        claims.append(1)
-        if len(claims) == 2:  # the claim after the first page: every request of that page is sent or in flight
-            raise (
-                StateDatabaseError("state database: (1213) Deadlock found when trying to get lock")
-                if on_mysql
-                else (sqlite3.OperationalError("database is locked"))
-            )
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(store_class, "claim_work", failing)
+    """From an attack: a claim that fails mid-send (a deadlock, a lost connection) must not lose the results of
+    the calls then in flight: a triggered email MC accepted would end 'unknown' instead of 'sent'."""
+    _triggered_batch_ready(env, app_db)
+    # The claim after the first page: every request of that page is sent or in flight.
+    _fail_call(env, monkeypatch, "claim_work", 2, "(1213) Deadlock found when trying to get lock", "database is locked")
     assert run_cli(env.config, "send-email").exit_code == 1
     monkeypatch.undo()
     counts = statuses(env)

@@ -159,8 +159,8 @@ def _detail(text: str | None) -> dict[str, Any]:
 
 
 def _claim_of(holder: str) -> str:
-    """The mark a process's send claims carry: fixed-width (a claim and its release rewrite the row in place),
-    and derived from the holder, so that another process can free a dead one's claims."""
+    """The holder a process's send claims carry (`claims.holder`, CHAR(16)): derived from the holder name, so that
+    another process can free a dead one's claims."""
     return hashlib.blake2b(holder.encode(), digest_size=8).hexdigest()
 
 
