@@ -81,7 +81,96 @@ def hoist_global_options(group: Any, args: list[str]) -> list[str]:
     return args[:start] + moved + args[start:end] + kept
 
 
-class GlobalOptionsAnywhere(typer.core.TyperGroup):
+class PlainValues:
+    """typer's coercion of one option's value, without pydantic for the values that need none.
+
+    typer 0.29 builds a pydantic TypeAdapter for every option it coerces, and importing pydantic for that is
+    about a third of an idle `run-all`. A value that already has the option's plain type (a default: a bool, an
+    int, a Path) and a string for a `str` or an unconstrained `Path` option come back as typer would return them;
+    everything else (numbers typed on the command line, choices, a NUL byte, a path that exists but cannot be
+    read) goes to typer's own coercion, so its checks and its error messages are unchanged."""
+
+    def __init__(self, descriptor: Any) -> None:
+        self.descriptor = descriptor
+        self.typers_own: Any = None
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None:  # typer's too: a missing single value is None (required ones are caught afterwards)
+            return None
+        plain = self._plain(value)
+        if plain is not None:
+            return plain
+        if self.typers_own is None:
+            from typer._coercion import build_runtime_param
+
+            self.typers_own = build_runtime_param(self.descriptor)
+        return self.typers_own.coerce(value, param=param, ctx=ctx)
+
+    def _plain(self, value: Any) -> Any:
+        kind = self.descriptor.annotation
+        if kind is Path:
+            if not isinstance(value, (str, Path)) or "\x00" in str(value):
+                return None
+            # typer stats the path only to refuse one that exists and cannot be read: leave that one to it
+            if os.path.exists(value) and not os.access(value, os.R_OK):
+                return None
+            return value if isinstance(value, Path) else Path(value)
+        if kind is str and isinstance(value, str):
+            return str(value)
+        if kind in (bool, int, float) and type(value) is kind:
+            return value
+        return None
+
+
+def _default_info(info: Any) -> bool:
+    """Whether an option declares none of typer's value constraints (ranges, path checks, a parser)."""
+    return (
+        info.parser is None
+        and info.min is None
+        and info.max is None
+        and not info.clamp
+        and not info.exists
+        and info.file_okay
+        and info.dir_okay
+        and not info.writable
+        and not info.resolve_path
+        and not info.allow_dash
+        and info.path_type is None
+    )
+
+
+def use_plain_values(params: list[Any]) -> None:
+    """Give each single-valued, unconstrained parameter `PlainValues`, where typer's parameter has the slot it
+    caches its coercion in (`_runtime_param`, typer 0.29): with another typer, nothing changes."""
+    for param in params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if (
+            descriptor is not None
+            and getattr(param, "_runtime_param", False) is None
+            and descriptor.annotation in (str, Path, bool, int, float)
+            and _default_info(descriptor.parameter_info)
+            and param.nargs == 1
+            and not param.multiple
+        ):
+            param._runtime_param = PlainValues(descriptor)
+
+
+class PlainValuesGroup(typer.core.TyperGroup):
+    """A group whose own parameters and whose command's (the `--help` click adds included) coerce plain values
+    without pydantic (see PlainValues). The command is known only once resolved, hence the two hooks."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        use_plain_values(self.get_params(ctx))
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            use_plain_values(command.get_params(ctx))
+        return name, command, rest
+
+
+class GlobalOptionsAnywhere(PlainValuesGroup):
     """The app's group: global options are accepted after the command too (see hoist_global_options)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -95,9 +184,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Deliver app notifications through Salesforce Marketing Cloud, exactly once.",
 )
-config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+config_app = typer.Typer(cls=PlainValuesGroup, no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
-state_app = typer.Typer(no_args_is_help=True, help="Move the state between backends.")
+state_app = typer.Typer(cls=PlainValuesGroup, no_args_is_help=True, help="Move the state between backends.")
 app.add_typer(state_app, name="state")
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]
