@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mcnotify import retrying, stop
-from mcnotify.config import SourceSettings
+from mcnotify.config import SourceSettings, mysql_tls_options
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class MySQLSource:
         }
         if "unix_socket" in options:
             self._params["unix_socket"] = options["unix_socket"]
+        self._params.update(mysql_tls_options(self._params["host"], options.get("unix_socket")))
         self._conn = self._connect()
 
     def _encoding(self) -> str:
