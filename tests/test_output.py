@@ -119,3 +119,24 @@ def test_history_show_invalid_quiet_doctor_and_dry_run(
     doctor = run_cli(config, "doctor")
     assert doctor.exit_code == 0, doctor.output
     assert "ok config: " in doctor.output and all("  " not in line for line in doctor.output.splitlines())
+
+
+def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "never-read.toml"  # usage is checked before the config is read
+    says = {
+        ("nope",): "No such command 'nope'.",
+        ("status", "--bogus"): "No such option: --bogus",
+        ("--bogus", "status"): "No such option: --bogus",
+        ("status", "--limit", "x"): "Invalid value for '--limit'",
+        ("retry", "--batch", "1", "--channel", "fax"): "Invalid value for '--channel'",
+        ("skip", "--batch", "1"): "Missing option '--reason'",
+        ("config", "nope"): "No such command 'nope'.",
+    }
+    for args, message in says.items():
+        refused = mcnotify(config, *args)
+        assert refused.returncode == 2 and refused.stdout == "", args
+        lines = refused.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mcnotify: error: ") and message in lines[0], refused.stderr
+    as_json = mcnotify(config, "--log-json", "status", "--limit", "x")
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stderr)["exit_code"] == 2 and "--limit" in json.loads(as_json.stderr)["error"]

@@ -170,11 +170,34 @@ class PlainValuesGroup(typer.core.TyperGroup):
         return name, command, rest
 
 
+def usage_error(ctx: Any, exc: typer.TyperException) -> NoReturn:
+    """A usage error (an unknown command or option, a value typer refuses) as one line and its exit code (2), as
+    every other error is, instead of typer's box of usage, hint and message."""
+    where = getattr(getattr(exc, "ctx", None), "command_path", None) or "mcnotify"
+    cli: Application | None = ctx.find_object(Application) if ctx is not None else None
+    if cli is None:  # before the app's callback ran: --log-json, if it was parsed, still holds
+        cli = Application(log_json=bool(getattr(ctx, "params", {}).get("log_json")))
+    cli.fail(f"{exc.format_message()} ('{where} --help' shows the usage)", exc.exit_code)
+
+
 class GlobalOptionsAnywhere(PlainValuesGroup):
-    """The app's group: global options are accepted after the command too (see hoist_global_options)."""
+    """The app's group: global options are accepted after the command too (see hoist_global_options), and usage
+    errors, its own and its commands', are one line (see usage_error)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(self, args))
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer.TyperException as exc:
+            usage_error(parent, exc)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:
+            usage_error(ctx, exc)
 
 
 app = typer.Typer(
