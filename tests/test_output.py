@@ -131,12 +131,14 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
         ("retry", "--batch", "1", "--channel", "fax"): "Invalid value for '--channel'",
         ("skip", "--batch", "1"): "Missing option '--reason'",
         ("config", "nope"): "No such command 'nope'.",
+        ("state", "migrate", "--to", "x", "mysql://u:s3cr3t pw@db/state"): "Got unexpected extra argument",
     }
     for args, message in says.items():
         refused = mcnotify(config, *args)
         assert refused.returncode == 2 and refused.stdout == "", args
         lines = refused.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("mcnotify: error: ") and message in lines[0], refused.stderr
+        assert "s3cr3t" not in refused.stderr
     as_json = mcnotify(config, "--log-json", "status", "--limit", "x")
     assert as_json.returncode == 2
     assert json.loads(as_json.stderr)["exit_code"] == 2 and "--limit" in json.loads(as_json.stderr)["error"]

@@ -16,7 +16,7 @@ import typer.core
 from rich.console import Console
 
 from mcnotify import __version__
-from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, load
+from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, hide_userinfo, load
 from mcnotify.errors import EXIT_FAILURE, EXIT_TEMPORARY, McnotifyError
 from mcnotify.redact import scrub
 
@@ -177,7 +177,16 @@ def usage_error(ctx: Any, exc: typer.TyperException) -> NoReturn:
     cli: Application | None = ctx.find_object(Application) if ctx is not None else None
     if cli is None:  # before the app's callback ran: --log-json, if it was parsed, still holds
         cli = Application(log_json=bool(getattr(ctx, "params", {}).get("log_json")))
-    cli.fail(f"{exc.format_message()} ('{where} --help' shows the usage)", exc.exit_code)
+    cli.fail(f"{_without_userinfo(exc.format_message())} ('{where} --help' shows the usage)", exc.exit_code)
+
+
+def _without_userinfo(text: str) -> str:
+    """click echoes an argument it cannot place: a URL's user:password@ in it is masked (the whole argument as
+    given, then any URL-like word, so that a password with a space in it is caught too)."""
+    for arg in sys.argv[1:]:
+        if "://" in arg:
+            text = text.replace(arg, hide_userinfo(arg))
+    return " ".join(hide_userinfo(word) if "://" in word else word for word in text.split(" "))
 
 
 class GlobalOptionsAnywhere(PlainValuesGroup):
