@@ -59,6 +59,11 @@ def test_status_fits_the_terminal_and_limit_must_be_positive(demo: tuple[Sandbox
     row = next(line for line in lines if line.startswith("│ 1 "))
     assert "50000" in row and "19 sent" in row and "11 sent" in row and "done" in row
     assert "not shown at 80 columns: sync, wait-import" in narrow.stdout
+    # Narrower than the narrowest table: a line per batch, every column named, rather than one-letter columns.
+    tiny = mcnotify(config, "status", columns=20)
+    assert tiny.returncode == 0 and not table_lines(tiny.stdout), tiny.stdout
+    line = next(line for line in tiny.stdout.splitlines() if line.startswith("batch 1 "))
+    assert "status done" in line and "rows 50000" in line and "email 19 sent" in line and "send-email done" in line
     wide = mcnotify(config, "status", columns=200)
     assert "send-email" in wide.stdout and "not shown" not in wide.stdout and "50000" in wide.stdout
     for bad in ("0", "-1"):

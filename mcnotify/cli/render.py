@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:  # the reports' modules pull in the steps' dependencies: only the types are needed here
     from mcnotify.cli.application import Application
@@ -138,9 +139,13 @@ STATUS_DROP_ORDER = ("sync", "wait-import", "send-sms", "send-email", "invalid",
 
 def fit_table(
     out: Console, title: str, header: tuple[str, ...], rows: list[list[str]], drop_order: tuple[str, ...]
-) -> tuple[Table, list[str]]:
+) -> tuple[Table | Text, list[str]]:
     """A table as wide as the console allows: columns are dropped in `drop_order` until it fits, and a cell that
-    still does not fit wraps instead of being cut to `500…`. Returns the table and the dropped columns."""
+    still does not fit wraps instead of being cut to `500…`. Returns the table and the dropped columns.
+
+    On a console narrower than the narrowest table (a split pane, a phone's terminal) the columns would be a
+    letter wide and every word cut into a ladder: then each row is one line of text instead, every column named,
+    wrapping as text does, and nothing is dropped."""
     hidden: list[str] = []
     for drop in (None, *drop_order):
         if drop is not None:
@@ -153,8 +158,10 @@ def fit_table(
             table.add_row(*(row[i] for i in keep))
         # Measured without the console's limit (a measurement is capped at it): the width it wants.
         if Measurement.get(out, out.options.update_width(10_000), table).maximum <= out.width:
-            break
-    return table, hidden
+            return table, hidden
+    named = ((f"{name} {value or '-'}" for name, value in zip(header, row, strict=True)) for row in rows)
+    lines = [title, *(" · ".join(cells) for cells in named)]
+    return Text("\n".join(lines)), []
 
 
 def secs(value: float | None) -> str:
