@@ -85,7 +85,7 @@ class PlainValues:
     """typer's coercion of one option's value, without pydantic for the values that need none.
 
     typer 0.29 builds a pydantic TypeAdapter for every option it coerces, and importing pydantic for that is
-    about a third of an idle `run-all`. A value that already has the option's plain type (a default: a bool, an
+    about a fifth of an idle `run-all`. A value that already has the option's plain type (a default: a bool, an
     int, a Path) and a string for a `str` or an unconstrained `Path` option come back as typer would return them;
     everything else (numbers typed on the command line, choices, a NUL byte, a path that exists but cannot be
     read) goes to typer's own coercion, so its checks and its error messages are unchanged."""
