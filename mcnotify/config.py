@@ -59,13 +59,6 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def mysql_tls_options(host: str, unix_socket: str | None) -> dict[str, Any]:
-    """PyMySQL's TLS options for a MySQL server (the source, the state). None on loopback or a unix socket, where
-    TLS protects nothing and PyMySQL's opportunistic TLS loads the system's CA store at every connect (~25 ms,
-    and unused: that mode verifies nothing). Elsewhere PyMySQL's default: TLS when the server offers it."""
-    return {"ssl_disabled": True} if unix_socket or is_loopback(host) else {}
-
-
 # Characters on which URL parsers disagree about the host (urllib3, which requests uses, ends the host at a
 # backslash; urllib.parse does not) or which they drop or re-encode silently.
 _AMBIGUOUS = re.compile(r"[\x00-\x20\x7f-\x9f\\]|\s")

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mcnotify import retrying, stop
-from mcnotify.config import SourceSettings, mysql_tls_options
+from mcnotify.config import SourceSettings
 from mcnotify.errors import ConfigError, McnotifyError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -113,13 +113,14 @@ class MySQLSource:
         }
         if "unix_socket" in options:
             self._params["unix_socket"] = options["unix_socket"]
-        self._params.update(mysql_tls_options(self._params["host"], options.get("unix_socket")))
         self._conn = self._connect()
 
     def _encoding(self) -> str:
         return str(getattr(self._conn, "encoding", None) or "utf-8")
 
     def _connect(self) -> Any:
+        from mcnotify import mysql_tls  # with pymysql, only when the source is MySQL
+
         pymysql = self._pymysql
 
         where = f"{self._params['host']}:{self._params['port']}"
@@ -130,7 +131,7 @@ class MySQLSource:
                 # In a helper thread: a server that accepts and never answers holds it for connect_timeout,
                 # and a stop request must not wait for that. Connecting twice later is harmless.
                 conn = stop.run(
-                    lambda: pymysql.connect(**self._params), what="MySQL connect", cancel_unsent=lambda: True
+                    lambda: mysql_tls.connect(**self._params), what="MySQL connect", cancel_unsent=lambda: True
                 )
                 log.debug("MySQL %s: connected in %.0f ms", where, (time.monotonic() - started) * 1000)
                 return conn

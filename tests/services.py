@@ -90,7 +90,8 @@ class MariaDB:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_mariadb() -> MariaDB:
+def start_mariadb(*extra: str) -> MariaDB:
+    """A private MariaDB on loopback; `extra` server options (TLS, say) are added to its command line."""
     mariadbd, install = find("mariadbd"), find("mariadb-install-db") or find("mysql_install_db")
     if not mariadbd or not install:
         raise FileNotFoundError("mariadbd / mariadb-install-db not installed")
@@ -123,6 +124,7 @@ def start_mariadb() -> MariaDB:
         "--innodb-buffer-pool-size=64M",
         "--skip-log-bin",
         *as_root,
+        *extra,
     )
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = MariaDB(proc, port, sock, base, command=command)

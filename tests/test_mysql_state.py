@@ -3,6 +3,7 @@ between processes, and `state migrate` from an existing SQLite state."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -13,11 +14,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
+from mcnotify.source import MySQLSource
 from mcnotify.state.mysql import MySQLStore, Target
-from tests.conftest import Env
-from tests.helpers import event_rows, people, run_cli
+from tests import services
+from tests.conftest import Env, skip_or_fail_in_ci
+from tests.helpers import QUERY, event_rows, people, run_cli
 
 BAD = (900, "envelope-received", "m-bad1", "two@@example.com", "0912345678", "Luffy", "Bad", 1)
 
@@ -254,3 +258,52 @@ def test_state_migrate_refuses_a_database_holding_other_tables(env: Env, state_d
     refused = run_cli(env.config, "state", "migrate", "--to", state_db)
     assert refused.exit_code == 78 and "holds table orders" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.crt", folder / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.services
+def test_a_mysql_server_that_requires_tls_gets_it_on_loopback_too(tmp_path: Path) -> None:
+    """The state and the source encrypt whenever the server offers TLS (PyMySQL's default, kept while its cost
+    at every connect was cut), loopback included: a server that refuses anything else is still reached."""
+    cert, key = _self_signed(tmp_path)
+    try:
+        db = services.start_mariadb(f"--ssl-cert={cert}", f"--ssl-key={key}", "--require-secure-transport=ON")
+    except (FileNotFoundError, PermissionError) as exc:
+        skip_or_fail_in_ci(f"!!! MariaDB unavailable, integration test SKIPPED: {exc}")
+    try:
+        conn = Target.from_url(db.url).connect()
+        with conn.cursor() as cur:
+            cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            assert cur.fetchone()[1], "the state's connection is not encrypted"
+        conn.close()
+        MySQLSource(db.url, QUERY, None, 5.0, 100).close()  # connected, so over TLS: the server takes nothing else
+        with pytest.raises(pymysql.err.OperationalError, match=r"insecure transport|Access denied"):
+            pymysql.connect(host="127.0.0.1", port=db.port, user=db.user, password=db.password, ssl_disabled=True)
+    finally:
+        db.stop()

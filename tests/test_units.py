@@ -227,12 +227,3 @@ def test_watermark_values_stay_comparable_across_runs() -> None:
     later = cursor_value(datetime.datetime(2026, 11, 23, 10, 0))
     assert isinstance(earlier, str) and later > earlier
     assert cursor_value(7) == 7
-
-
-def test_tls_to_a_mysql_server_is_left_out_only_on_loopback_or_a_socket() -> None:
-    from mcnotify.state.mysql import Target
-
-    for local in ("127.0.0.1", "localhost:3307", "[::1]:3306", "db.example.com?unix_socket=/run/mysqld/mysqld.sock"):
-        assert Target.from_url(f"mysql://u:p@{local}/state").params["ssl_disabled"] is True, local
-    for remote in ("db.example.com", "10.0.0.5:3306", "127.0.0.1.example.com"):  # TLS when the server offers it
-        assert "ssl_disabled" not in Target.from_url(f"mysql://u:p@{remote}/state").params, remote

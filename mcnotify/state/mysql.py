@@ -32,7 +32,8 @@ import pymysql.constants.CLIENT
 import pymysql.constants.FIELD_TYPE
 import pymysql.converters
 
-from mcnotify.config import hide_userinfo, mysql_tls_options
+from mcnotify import mysql_tls
+from mcnotify.config import hide_userinfo
 from mcnotify.errors import LeaseHeld, McnotifyError, PipelineLost, StateDatabaseError
 from mcnotify.message_keys import MAX_LENGTH, SAFE_CHARS
 from mcnotify.state.interface import NewNotification, Notification, Outcome, Store
@@ -119,12 +120,11 @@ class Target:
         }
         if "unix_socket" in options:
             params["unix_socket"] = options["unix_socket"]
-        params.update(mysql_tls_options(params["host"], options.get("unix_socket")))
         return cls(params, hide_userinfo(url))
 
     def connect(self, read_only: bool = False) -> pymysql.connections.Connection[Any]:
         try:
-            conn = pymysql.connect(**self.params)
+            conn = mysql_tls.connect(**self.params)
         except pymysql.Error as exc:
             raise StateDatabaseError(f"cannot connect to the state database {self.location}: {_why(exc)}") from None
         with conn.cursor() as cur:
