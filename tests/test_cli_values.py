@@ -13,7 +13,7 @@ from typer._coercion import build_runtime_param
 from mcnotify import cli
 from mcnotify.cli.application import PlainValues, use_plain_values
 
-TEXTS: list[Any] = ["", " ", "-", "a b", "ü", "x\udcff", "\x00", "~/x", "../up", Path("given"), 7, None]
+TEXTS: list[Any] = ["", " ", "-", "a b", "ü", "x\udcff", "\ud800", "\x00", "~/x", "../up", Path("given"), 7, None]
 SAMPLES: dict[type, list[Any]] = {
     Path: TEXTS,
     str: TEXTS,

@@ -16,7 +16,7 @@ import typer.core
 from rich.console import Console
 
 from mcnotify import __version__
-from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, hide_userinfo, load
+from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, load
 from mcnotify.errors import EXIT_FAILURE, EXIT_TEMPORARY, McnotifyError
 from mcnotify.redact import scrub
 
@@ -109,7 +109,7 @@ class PlainValues:
     def _plain(self, value: Any) -> Any:
         kind = self.descriptor.annotation
         if kind is Path:
-            if not isinstance(value, (str, Path)) or "\x00" in str(value):
+            if not isinstance(value, (str, Path)) or "\x00" in str(value) or not _encodable(str(value)):
                 return None
             # typer stats the path only to refuse one that exists and cannot be read: leave that one to it
             if os.path.exists(value) and not os.access(value, os.R_OK):
@@ -120,6 +120,16 @@ class PlainValues:
         if kind in (bool, int, float) and type(value) is kind:
             return value
         return None
+
+
+def _encodable(path: str) -> bool:
+    """Whether the OS can take this path: argv's undecodable bytes come back (surrogateescape), a lone surrogate
+    made in Python does not, and typer refuses it."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _default_info(info: Any) -> bool:
@@ -155,9 +165,13 @@ def use_plain_values(params: list[Any]) -> None:
             param._runtime_param = PlainValues(descriptor)
 
 
-class PlainValuesGroup(typer.core.TyperGroup):
-    """A group whose own parameters and whose command's (the `--help` click adds included) coerce plain values
-    without pydantic (see PlainValues). The command is known only once resolved, hence the two hooks."""
+_COMMAND_LINE = "mcnotify.command_line"  # in click's context meta, which every nested context shares
+
+
+class McnotifyGroup(typer.core.TyperGroup):
+    """Every group of the app (the app, `config`, `state`): plain option values are coerced without pydantic (see
+    PlainValues; a command's parameters, click's `--help` included, are known only once it is resolved, hence the
+    two hooks), and a usage error is one line (see usage_error)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         use_plain_values(self.get_params(ctx))
@@ -169,44 +183,57 @@ class PlainValuesGroup(typer.core.TyperGroup):
             use_plain_values(command.get_params(ctx))
         return name, command, rest
 
-
-def usage_error(ctx: Any, exc: typer.TyperException) -> NoReturn:
-    """A usage error (an unknown command or option, a value typer refuses) as one line and its exit code (2), as
-    every other error is, instead of typer's box of usage, hint and message."""
-    where = getattr(getattr(exc, "ctx", None), "command_path", None) or "mcnotify"
-    cli: Application | None = ctx.find_object(Application) if ctx is not None else None
-    if cli is None:  # before the app's callback ran: --log-json, if it was parsed, still holds
-        cli = Application(log_json=bool(getattr(ctx, "params", {}).get("log_json")))
-    cli.fail(f"{_without_userinfo(exc.format_message())} ('{where} --help' shows the usage)", exc.exit_code)
-
-
-def _without_userinfo(text: str) -> str:
-    """click echoes an argument it cannot place: a URL's user:password@ in it is masked (the whole argument as
-    given, then any URL-like word, so that a password with a space in it is caught too)."""
-    for arg in sys.argv[1:]:
-        if "://" in arg:
-            text = text.replace(arg, hide_userinfo(arg))
-    return " ".join(hide_userinfo(word) if "://" in word else word for word in text.split(" "))
-
-
-class GlobalOptionsAnywhere(PlainValuesGroup):
-    """The app's group: global options are accepted after the command too (see hoist_global_options), and usage
-    errors, its own and its commands', are one line (see usage_error)."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_global_options(self, args))
-
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        command_line = list(args)  # parsing consumes the list
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
         except typer.TyperException as exc:
-            usage_error(parent, exc)
+            usage_error(exc, parent, command_line)
+        ctx.meta.setdefault(_COMMAND_LINE, command_line)  # the outermost group's: the whole command line
+        return ctx
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except typer.TyperException as exc:
-            usage_error(ctx, exc)
+            usage_error(exc, ctx, ctx.meta.get(_COMMAND_LINE, []))
+
+
+def usage_error(exc: typer.TyperException, ctx: Any, command_line: list[str]) -> NoReturn:
+    """A usage error (an unknown command or option, a value typer refuses) as one line naming the `--help` to read,
+    with its exit code (2), as every other error is, instead of typer's box of usage, hint and message. `ctx` is
+    the group's context where the error surfaced (None for the app's own options), `command_line` the arguments."""
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    if isinstance(exc, NoArgsIsHelpError):  # a bare group: typer has printed its help, which is all there is to say
+        raise typer.Exit(exc.exit_code)
+    where = getattr(getattr(exc, "ctx", None), "command_path", None)
+    if where is None and ctx is not None:  # e.g. "requires an argument": the command being parsed, if known
+        where = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+    cli: Application | None = ctx.find_object(Application) if ctx is not None else None
+    if cli is None:  # before the app's callback ran: --log-json, if it was given, still holds
+        given = command_line[: command_line.index("--")] if "--" in command_line else command_line
+        cli = Application(log_json="--log-json" in given)
+    text = f"{_without_userinfo(exc.format_message())} ('{where or 'mcnotify'} --help' shows the usage)"
+    cli.fail(text, exc.exit_code)
+
+
+def _without_userinfo(text: str) -> str:
+    """click echoes an argument it cannot place, escaped: a URL's user:password@ in it is masked generously, from
+    each `://` to the last `@` before the next `://` or the end (a password may hold spaces, `@` or escapes)."""
+    parts = text.split("://")
+    for i in range(1, len(parts)):
+        _, at, after = parts[i].rpartition("@")
+        if at:
+            parts[i] = f"***@{after}"
+    return "://".join(parts)
+
+
+class GlobalOptionsAnywhere(McnotifyGroup):
+    """The app's group: global options are accepted after the command too (see hoist_global_options)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(self, args))
 
 
 app = typer.Typer(
@@ -216,9 +243,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Deliver app notifications through Salesforce Marketing Cloud, exactly once.",
 )
-config_app = typer.Typer(cls=PlainValuesGroup, no_args_is_help=True, help="Inspect the configuration.")
+config_app = typer.Typer(cls=McnotifyGroup, no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
-state_app = typer.Typer(cls=PlainValuesGroup, no_args_is_help=True, help="Move the state between backends.")
+state_app = typer.Typer(cls=McnotifyGroup, no_args_is_help=True, help="Move the state between backends.")
 app.add_typer(state_app, name="state")
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]
