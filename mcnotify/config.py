@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast, get_args, get_type_hints, overload
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from mcnotify import message_keys
 from mcnotify.errors import ConfigError
@@ -112,15 +112,30 @@ def _check_key_prefix(value: str) -> str | None:
     return message_keys.prefix_problem(value)
 
 
+def _split_url(value: str) -> SplitResult | None:
+    """The URL's parts, or None where urllib cannot read it (an unclosed `[` of an IPv6 host raises)."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        return None
+
+
+UNREADABLE_URL = "is not a URL that can be read (an IPv6 host must be in [ ], closed)"
+
+
 def _check_source_url(value: str) -> str | None:
-    scheme = urlsplit(value).scheme
-    if scheme in ("mysql", "mysql+pymysql", "sqlite"):
+    parts = _split_url(value)
+    if parts is None:
+        return UNREADABLE_URL
+    if parts.scheme in ("mysql", "mysql+pymysql", "sqlite"):
         return None
     return "must start with mysql:// or sqlite:///"
 
 
 def check_state_url(value: str) -> str | None:
-    parts = urlsplit(value)
+    parts = _split_url(value)
+    if parts is None:
+        return UNREADABLE_URL
     if parts.scheme not in ("mysql", "mysql+pymysql"):
         return "must be mysql://user:password@host:port/database (MariaDB >= 10.6 or MySQL >= 8.0)"
     _, userinfo, _ = _split_userinfo(value)

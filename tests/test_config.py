@@ -69,6 +69,7 @@ def test_environment_overrides_and_secret_files(tmp_path: Path) -> None:
         (lambda c: c["sftp"].pop("password"), "[sftp] needs key_file or password"),
         (lambda c: c["import"].pop("definition_key"), "definition_key is required"),
         (lambda c: c["sftp"].update(password_file="/nonexistent/pw"), "cannot read /nonexistent/pw"),
+        (lambda c: c["source"].update(url="mysql://u:p@[::1/app"), "[source] url is not a URL that can be read"),
     ],
 )
 def test_each_mistake_is_one_clear_error(change: Any, message: str) -> None:
@@ -148,6 +149,7 @@ def test_state_defaults_to_the_sqlite_file_and_url_selects_the_database(tmp_path
         ({"path": "/srv/state.db", "url": "mysql://u:pw-Hidden-1@h/db"}, "[state] has both path and url"),
         ({"url": "postgres://u:pw-Hidden-1@h/db"}, "[state] url must be mysql://"),
         ({"url": "mysql://u:pw-Hidden-1@h:3306/"}, "[state] url must name the database"),
+        ({"url": "mysql://u:pw-Hidden-1@[::1:3306/db"}, "[state] url is not a URL that can be read"),
     ],
 )
 def test_state_url_mistakes_are_one_line_config_errors(state: dict[str, Any], message: str) -> None:
