@@ -138,6 +138,10 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
         ("skip", "--batch", "1"): ("Missing option '--reason'", "mcnotify skip"),
         ("config", "nope"): ("No such command 'nope'.", "mcnotify config"),
         ("state", "migrate", "--to"): ("Option '--to' requires an argument", "mcnotify state migrate"),
+        # Past a 64-bit integer a batch or a count cannot be looked up; a port past 65535 cannot be bound.
+        ("show", "99999999999999999999"): ("Invalid value for 'batch'", "mcnotify show"),
+        ("status", "--limit", "99999999999999999999"): ("Invalid value for '--limit'", "mcnotify status"),
+        ("sandbox", "--port", "99999"): ("Invalid value for '--port'", "mcnotify sandbox"),
         # A URL's password echoed in an error is masked, with a space or an escaped backslash in it too.
         ("state", "migrate", "--to", "x", "mysql://u:s3cr3t pw@db/state"): (
             "unexpected extra argument",

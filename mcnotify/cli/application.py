@@ -248,6 +248,10 @@ app.add_typer(config_app, name="config")
 state_app = typer.Typer(cls=McnotifyGroup, no_args_is_help=True, help="Move the state between backends.")
 app.add_typer(state_app, name="state")
 
+# A batch number or a count past a 64-bit integer cannot be looked up (SQLite's INTEGER, MySQL's BIGINT): refused
+# as a usage error, where it used to reach the database and fail as "unexpected OverflowError".
+LARGEST = 2**63 - 1
+
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="Check the import once; exit 75 while it is pending.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

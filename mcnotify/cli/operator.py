@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from mcnotify.cli.application import JsonOut, app, application
+from mcnotify.cli.application import LARGEST, JsonOut, app, application
 from mcnotify.cli.render import fit_table, gantt, secs, when
 from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
 from mcnotify.redact import scrub
@@ -27,7 +27,7 @@ def history(
     result: Annotated[
         Literal["ok", "failed", "temporary", "running"] | None, typer.Option(help="Only runs with this result.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="How many runs, newest first (1 or more).")] = 20,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first (1 or more).", max=LARGEST)] = 20,
 ) -> None:
     """Recent runs, newest first: command, host, start, duration, exit code, counts, error."""
     cli = application(ctx)
@@ -72,7 +72,9 @@ def _unfinished(run: dict[str, Any]) -> str:
 
 @app.command()
 def show(
-    ctx: typer.Context, batch: Annotated[int, typer.Argument(help="Batch number.")], json_out: JsonOut = False
+    ctx: typer.Context,
+    batch: Annotated[int, typer.Argument(help="Batch number.", max=LARGEST)],
+    json_out: JsonOut = False,
 ) -> None:
     """One batch: its steps on a timeline, the import's counts, sent/failed/invalid per channel, first errors."""
     from mcnotify import report
@@ -127,7 +129,7 @@ def show(
 @app.command()
 def retry(
     ctx: typer.Context,
-    batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.", max=LARGEST)],
     channel: Annotated[
         Literal["email", "sms"] | None, typer.Option(help="Only this channel; both when omitted.")
     ] = None,
@@ -143,7 +145,7 @@ def retry(
 @app.command()
 def skip(
     ctx: typer.Context,
-    batch: Annotated[int, typer.Option("--batch", help="Batch number.")],
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.", max=LARGEST)],
     reason: Annotated[str, typer.Option(help="Why; kept with every skipped notification.")],
 ) -> None:
     """Mark a stuck batch done: what it has not sent is marked skipped with the reason."""
@@ -157,12 +159,12 @@ def skip(
 @app.command()
 def invalid(
     ctx: typer.Context,
-    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.", max=LARGEST)] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write them to this CSV file instead ('-': standard output).")
     ] = None,
     json_out: JsonOut = False,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 100_000,
+    limit: Annotated[int, typer.Option(help="At most this many.", max=LARGEST)] = 100_000,
 ) -> None:
     """List quarantined contacts with the reason, so the app team can fix their data."""
     from mcnotify import report

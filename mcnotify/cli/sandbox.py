@@ -17,12 +17,14 @@ from mcnotify.errors import EXIT_FAILURE
 @app.command()
 def sandbox(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1 (0 picks one).")] = 0,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1 (0 picks one).", min=0, max=65535)] = 0,
     workdir: Annotated[Path | None, typer.Option(help="Where to keep the SFTP root and config.")] = None,
-    import_lag: Annotated[float, typer.Option(help="Seconds MC takes to import a file.")] = 2.0,
-    token_lifetime: Annotated[float, typer.Option(help="Real token lifetime in seconds.")] = 1200.0,
-    latency_ms: Annotated[float, typer.Option(help="Added to every MC request, milliseconds.")] = 0.0,
-    fault_rate: Annotated[float, typer.Option(help="Share of MC requests that fail (429/500/503/reset/...).")] = 0.0,
+    import_lag: Annotated[float, typer.Option(help="Seconds MC takes to import a file.", min=0)] = 2.0,
+    token_lifetime: Annotated[float, typer.Option(help="Real token lifetime in seconds.", min=1)] = 1200.0,
+    latency_ms: Annotated[float, typer.Option(help="Added to every MC request, milliseconds.", min=0)] = 0.0,
+    fault_rate: Annotated[
+        float, typer.Option(help="Share of MC requests that fail (429/500/503/reset/...).", min=0, max=1)
+    ] = 0.0,
 ) -> None:
     """Run the local Marketing Cloud stand-in until Ctrl-C or SIGTERM, and print a config pointing at it."""
     import secrets as pysecrets

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mcnotify.cli.application import JsonOut, app, application, config_app
+from mcnotify.cli.application import LARGEST, JsonOut, app, application, config_app
 from mcnotify.cli.render import render_status
 from mcnotify.errors import EXIT_CONFIG, EXIT_USAGE
 
@@ -17,7 +17,7 @@ from mcnotify.errors import EXIT_CONFIG, EXIT_USAGE
 def status(
     ctx: typer.Context,
     json_out: JsonOut = False,
-    limit: Annotated[int, typer.Option(help="How many batches, newest first (1 or more).")] = 10,
+    limit: Annotated[int, typer.Option(help="How many batches, newest first (1 or more).", max=LARGEST)] = 10,
 ) -> None:
     """Recent batches with each step's state, counts and durations."""
     from mcnotify import report
