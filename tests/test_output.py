@@ -164,3 +164,21 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     # A bare group prints its help, which is all there is to say: no error line under it.
     bare = mcnotify(config, "state")
     assert bare.returncode == 2 and "migrate" in bare.stdout and bare.stderr == ""
+
+
+def test_the_apps_short_options_work_after_the_command_bundled_or_with_the_value_attached(
+    demo: tuple[Sandbox, Path],
+) -> None:
+    _, config = demo
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mcnotify", *args], capture_output=True, text=True, timeout=60)
+
+    for args in (("-qc", str(config)), (f"-c{config}", "-q"), (f"-qc{config}",), ("-qv", "-c", str(config))):
+        shown = run("status", *args)
+        assert shown.returncode == 0 and "recent batches" in shown.stdout, (args, shown.stderr)
+    for args in (("-c",), ("-qc",)):  # no value: it must not take the command's name as the config
+        refused = run("status", *args)
+        assert refused.returncode == 2 and refused.stderr.strip().startswith(
+            f"mcnotify: error: Option '{args[-1]}' requires an argument."
+        ), refused.stderr

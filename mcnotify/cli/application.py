@@ -37,6 +37,18 @@ def _takes_value(param: Any, token: str) -> bool:
     return not (getattr(param, "is_flag", False) or getattr(param, "count", False) or "=" in token)
 
 
+def _bundle_step(letters: str, known: dict[str, Any], own: dict[str, Any]) -> int:
+    """For short options bundled as click reads them (`-qv`, `-qc FILE`, `-cFILE`, `-qcFILE`): how many arguments
+    to move if they are all the app's (1, or 2 when the last takes the next argument as its value), else 0."""
+    for at, letter in enumerate(letters):
+        option = f"-{letter}"
+        if option not in known or option in own:
+            return 0
+        if _takes_value(known[option], option):
+            return 1 if at + 1 < len(letters) else 2  # the rest of the bundle is its value, or the next argument
+    return 1
+
+
 def hoist_global_options(group: Any, args: list[str]) -> list[str]:
     """`mcnotify send-email -v` as `mcnotify -v send-email`: the app's own options (the callback's: --config,
     -q, -v, --log-json, --show-contacts) found after the command name are moved in front of it. The command's
@@ -64,16 +76,21 @@ def hoist_global_options(group: Any, args: list[str]) -> list[str]:
     while i < len(args):
         token = args[i]
         name = token.split("=", 1)[0] if token.startswith("--") else token
-        letters = [f"-{c}" for c in token[1:]] if len(token) > 2 and token[0] == "-" and token[1] != "-" else []
         if token == "--":
             kept += args[i:]
             break
         if name in known and name not in own:
             step = 2 if _takes_value(known[name], token) else 1
+        elif len(token) > 2 and token[0] == "-" and token[1] != "-":
+            step = _bundle_step(token[1:], known, own)
+        else:
+            step = 0
+        if step:
+            if i + step > len(args):  # moved in front of the command, it would take the command's name as its value
+                from typer._click.exceptions import BadOptionUsage
+
+                raise BadOptionUsage(token, f"Option '{token}' requires an argument.")
             moved += args[i : i + step]
-        elif letters and all(f in known and f not in own and not _takes_value(known[f], f) for f in letters):
-            step = 1  # -qv: flags of the app's, bundled
-            moved.append(token)
         else:
             step = 2 if name in own and _takes_value(own[name], token) else 1
             kept += args[i : i + step]
