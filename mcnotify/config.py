@@ -121,35 +121,50 @@ def _split_url(value: str) -> SplitResult | None:
 
 
 UNREADABLE_URL = "is not a URL that can be read (an IPv6 host must be in [ ], closed)"
+MYSQL_URL = "mysql://user:password@host:port/database"
+_MYSQL_SCHEMES = ("mysql", "mysql+pymysql")
+
+
+def _userinfo_problem(value: str) -> str | None:
+    """A user or password that a URL parser would split: part of it read as the host, the port or an IPv6
+    bracket, and then printed in an error."""
+    _, userinfo, _ = _split_userinfo(value)
+    if userinfo is not None and any(c in userinfo for c in "/?#[]"):
+        return (
+            "has / ? # [ or ] in its user or password: percent-encode them"
+            " (/ as %2F, ? as %3F, # as %23, [ as %5B, ] as %5D)"
+        )
+    return None
+
+
+def _port_problem(parts: SplitResult) -> str | None:
+    try:
+        parts.port  # noqa: B018  # reading it is the check: urllib raises for a port that is no number 0-65535
+    except ValueError:
+        return f"must have a numeric port from 0 to 65535 ({MYSQL_URL})"
+    return None
 
 
 def _check_source_url(value: str) -> str | None:
     parts = _split_url(value)
-    if parts is None:
-        return UNREADABLE_URL
-    if parts.scheme in ("mysql", "mysql+pymysql", "sqlite"):
+    if parts is not None and parts.scheme == "sqlite":
         return None
-    return "must start with mysql:// or sqlite:///"
+    if parts is not None and parts.scheme not in _MYSQL_SCHEMES:
+        return "must start with mysql:// or sqlite:///"
+    return _userinfo_problem(value) or (UNREADABLE_URL if parts is None else _port_problem(parts))
 
 
 def check_state_url(value: str) -> str | None:
     parts = _split_url(value)
-    if parts is None:
-        return UNREADABLE_URL
-    if parts.scheme not in ("mysql", "mysql+pymysql"):
-        return "must be mysql://user:password@host:port/database (MariaDB >= 10.6 or MySQL >= 8.0)"
-    _, userinfo, _ = _split_userinfo(value)
-    if userinfo is not None and any(c in userinfo for c in "/?#"):
-        # A URL parser would read part of the password as the host or port, and then print it in an error.
-        return "has / ? or # in its user or password: percent-encode them (/ as %2F, ? as %3F, # as %23)"
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if port == -1 or not parts.hostname:
-        return "must name a host and a numeric port (mysql://user:password@host:port/database)"
+    if parts is not None and parts.scheme not in _MYSQL_SCHEMES:
+        return f"must be {MYSQL_URL} (MariaDB >= 10.6 or MySQL >= 8.0)"
+    if problem := _userinfo_problem(value) or (UNREADABLE_URL if parts is None else _port_problem(parts)):
+        return problem
+    assert parts is not None
+    if not parts.hostname:
+        return f"must name a host and a numeric port ({MYSQL_URL})"
     if not parts.path.strip("/"):
-        return "must name the database (mysql://user:password@host:port/database)"
+        return f"must name the database ({MYSQL_URL})"
     return None
 
 

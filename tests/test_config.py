@@ -70,6 +70,8 @@ def test_environment_overrides_and_secret_files(tmp_path: Path) -> None:
         (lambda c: c["import"].pop("definition_key"), "definition_key is required"),
         (lambda c: c["sftp"].update(password_file="/nonexistent/pw"), "cannot read /nonexistent/pw"),
         (lambda c: c["source"].update(url="mysql://u:p@[::1/app"), "[source] url is not a URL that can be read"),
+        (lambda c: c["source"].update(url="mysql://u:p@h:99999/app"), "[source] url must have a numeric port"),
+        (lambda c: c["source"].update(url="mysql://u:p[w@h/app"), "[source] url has / ? # [ or ] in its user or"),
     ],
 )
 def test_each_mistake_is_one_clear_error(change: Any, message: str) -> None:
@@ -150,6 +152,8 @@ def test_state_defaults_to_the_sqlite_file_and_url_selects_the_database(tmp_path
         ({"url": "postgres://u:pw-Hidden-1@h/db"}, "[state] url must be mysql://"),
         ({"url": "mysql://u:pw-Hidden-1@h:3306/"}, "[state] url must name the database"),
         ({"url": "mysql://u:pw-Hidden-1@[::1:3306/db"}, "[state] url is not a URL that can be read"),
+        ({"url": "mysql://u:pw-Hidden-[1@db:3306/db"}, "[state] url has / ? # [ or ] in its user or password"),
+        ({"url": "mysql://u:pw-Hidden-1@db:port/db"}, "[state] url must have a numeric port from 0 to 65535"),
     ],
 )
 def test_state_url_mistakes_are_one_line_config_errors(state: dict[str, Any], message: str) -> None:

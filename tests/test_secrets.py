@@ -224,8 +224,13 @@ def test_a_secret_file_holding_a_bad_value_is_not_echoed(tmp_path: Path) -> None
 
 def test_config_check_never_prints_url_userinfo(tmp_path: Path) -> None:
     config = base()
-    # A password with a '/' fools urllib.parse, which then sees no password at all.
+    # A password with a '/' fools urllib.parse, which then sees no password at all (and "Zq" as the port): refused,
+    # without showing it; percent-encoded it is taken, and still not shown.
     config["source"]["url"] = "mysql://app:Zq/Secret9@db.internal:3306/app"
+    refused = run_cli(write_config(tmp_path, config), "config", "check")
+    assert refused.exit_code == 78 and "percent-encode" in refused.output, refused.output
+    assert "Secret9" not in refused.output and "***@db.internal:3306/app" in refused.output
+    config["source"]["url"] = "mysql://app:Zq%2FSecret9@db.internal:3306/app"
     result = run_cli(write_config(tmp_path, config), "config", "check")
     assert result.exit_code == 0, result.output
     assert "Secret9" not in result.output and "***@db.internal:3306/app" in result.output
