@@ -83,7 +83,8 @@ def json_line(level: str, message: str, logger: str = "mcnotify", created: float
     created = time.time() if created is None else created
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
     line = {"time": stamp, "level": level, "logger": logger, "message": message, **_run, **fields}
-    return json.dumps(line, ensure_ascii=False, default=str)
+    # ASCII: a line stays valid JSON whatever stderr's encoding (an ascii locale escapes what it cannot write).
+    return json.dumps(line, default=str)
 
 
 def retry_logger(logger: logging.Logger, what: str, attempts: int) -> Callable[[Any], None]:
