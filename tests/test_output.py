@@ -66,11 +66,11 @@ def test_status_fits_the_terminal_and_limit_must_be_positive(demo: tuple[Sandbox
     assert "status done" in line and "rows 50000" in line and "email 19 sent" in line and "send-email done" in line
     wide = mcnotify(config, "status", columns=200)
     assert "send-email" in wide.stdout and "not shown" not in wide.stdout and "50000" in wide.stdout
-    for bad in ("0", "-1"):
-        refused = mcnotify(config, "status", "--limit", bad)
-        assert refused.returncode == 2 and refused.stdout == ""
-        assert refused.stderr.strip() == "mcnotify: error: --limit must be 1 or more"
-    assert mcnotify(config, "history", "--limit", "0").returncode == 2
+    for command in ("status", "history", "invalid"):  # below 1 a limit would read as "no limit"
+        for bad in ("0", "-1"):
+            refused = mcnotify(config, command, "--limit", bad)
+            assert refused.returncode == 2 and refused.stdout == ""
+            assert refused.stderr.startswith("mcnotify: error: Invalid value for '--limit': Input should be greater")
 
 
 def test_history_show_invalid_quiet_doctor_and_dry_run(
@@ -142,6 +142,8 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
         ("show", "99999999999999999999"): ("Invalid value for 'batch'", "mcnotify show"),
         ("status", "--limit", "99999999999999999999"): ("Invalid value for '--limit'", "mcnotify status"),
         ("sandbox", "--port", "99999"): ("Invalid value for '--port'", "mcnotify sandbox"),
+        ("retry", "--batch", "-99999999999999999999"): ("Invalid value for '--batch'", "mcnotify retry"),
+        ("show", "0"): ("Invalid value for 'batch'", "mcnotify show"),
         # A URL's password echoed in an error is masked, with a space or an escaped backslash in it too.
         ("state", "migrate", "--to", "x", "mysql://u:s3cr3t pw@db/state"): (
             "unexpected extra argument",
@@ -161,6 +163,15 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     for args in (("status", "--limit", "x"), ("--bogus", "status"), ("/x",)):
         as_json = mcnotify(config, "--log-json", *args)
         assert as_json.returncode == 2 and json.loads(as_json.stderr)["exit_code"] == 2, as_json.stderr
+    # Valid JSON whatever stderr's encoding can write.
+    ascii_only = subprocess.run(
+        [sys.executable, "-m", "mcnotify", "--log-json", "nöpe😀"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert ascii_only.returncode == 2 and "nöpe😀" in json.loads(ascii_only.stderr)["error"], ascii_only.stderr
     # A bare group prints its help, which is all there is to say: no error line under it.
     bare = mcnotify(config, "state")
     assert bare.returncode == 2 and "migrate" in bare.stdout and bare.stderr == ""
@@ -174,11 +185,18 @@ def test_the_apps_short_options_work_after_the_command_bundled_or_with_the_value
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "mcnotify", *args], capture_output=True, text=True, timeout=60)
 
-    for args in (("-qc", str(config)), (f"-c{config}", "-q"), (f"-qc{config}",), ("-qv", "-c", str(config))):
-        shown = run("status", *args)
+    given = str(config)
+    for args in (
+        ("status", "-qc", given),
+        ("status", f"-c{given}", "-q"),
+        ("status", f"-qc{given}"),
+        ("status", "-qv", "-c", given),
+        ("-qv", "status", "-c", given),  # bundled before the command, the rest after it
+        (f"-c{given}", "status", "-q"),
+    ):
+        shown = run(*args)
         assert shown.returncode == 0 and "recent batches" in shown.stdout, (args, shown.stderr)
-    for args in (("-c",), ("-qc",)):  # no value: it must not take the command's name as the config
-        refused = run("status", *args)
-        assert refused.returncode == 2 and refused.stderr.strip().startswith(
-            f"mcnotify: error: Option '{args[-1]}' requires an argument."
-        ), refused.stderr
+    for args in (("status", "-c"), ("status", "-qc")):  # no value: it must not take the command's name as config
+        refused = run(*args)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("mcnotify: error: Option '-c' requires an argument."), refused.stderr

@@ -57,10 +57,14 @@ def hoist_global_options(group: Any, args: list[str]) -> list[str]:
     known = _options(group.params)
     start = 0
     while start < len(args) and args[start].startswith("-") and args[start] != "--":
-        param = known.get(args[start].split("=", 1)[0])
-        if param is None:
+        token = args[start]
+        param = known.get(token.split("=", 1)[0])
+        step = (2 if _takes_value(param, token) else 1) if param is not None else 0
+        if param is None and len(token) > 2 and token[1] != "-":
+            step = _bundle_step(token[1:], known, {})  # -qv, -cFILE before the command
+        if not step:
             return args
-        start += 2 if _takes_value(param, args[start]) else 1
+        start += step
     command, end = group, start
     while isinstance(getattr(command, "commands", None), dict) and end < len(args):
         sub = command.commands.get(args[end])
@@ -89,7 +93,8 @@ def hoist_global_options(group: Any, args: list[str]) -> list[str]:
             if i + step > len(args):  # moved in front of the command, it would take the command's name as its value
                 from typer._click.exceptions import BadOptionUsage
 
-                raise BadOptionUsage(token, f"Option '{token}' requires an argument.")
+                option = name if name.startswith("--") else f"-{token[-1]}"  # of a bundle, its last letter
+                raise BadOptionUsage(option, f"Option '{option}' requires an argument.")
             moved += args[i : i + step]
         else:
             step = 2 if name in own and _takes_value(own[name], token) else 1
@@ -134,9 +139,13 @@ class PlainValues:
             return value if isinstance(value, Path) else Path(value)
         if kind is str and isinstance(value, str):
             return str(value)
-        if kind in (bool, int, float) and type(value) is kind:
+        if kind in (bool, int, float) and type(value) is kind and self._within(value):
             return value
         return None
+
+    def _within(self, number: Any) -> bool:
+        info = self.descriptor.parameter_info
+        return (info.min is None or number >= info.min) and (info.max is None or number <= info.max)
 
 
 def _encodable(path: str) -> bool:
@@ -150,11 +159,10 @@ def _encodable(path: str) -> bool:
 
 
 def _default_info(info: Any) -> bool:
-    """Whether an option declares none of typer's value constraints (ranges, path checks, a parser)."""
+    """Whether an option declares none of typer's value constraints but a range (path checks, a parser, clamping);
+    PlainValues checks a range itself."""
     return (
         info.parser is None
-        and info.min is None
-        and info.max is None
         and not info.clamp
         and not info.exists
         and info.file_okay
@@ -265,8 +273,9 @@ app.add_typer(config_app, name="config")
 state_app = typer.Typer(cls=McnotifyGroup, no_args_is_help=True, help="Move the state between backends.")
 app.add_typer(state_app, name="state")
 
-# A batch number or a count past a 64-bit integer cannot be looked up (SQLite's INTEGER, MySQL's BIGINT): refused
-# as a usage error, where it used to reach the database and fail as "unexpected OverflowError".
+# Batch numbers and counts are 1 to LARGEST (typer's min= and max=): past a 64-bit integer a number cannot be looked
+# up (SQLite's INTEGER, MySQL's BIGINT) and failed as "unexpected OverflowError"; a count under 1 reads as "no limit"
+# (LIMIT -1 in SQLite; the store reads None as "every batch, oldest first"), never what was asked for.
 LARGEST = 2**63 - 1
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write and send nothing.")]

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from mcnotify.cli.application import LARGEST, JsonOut, app, application
 from mcnotify.cli.render import fit_table, gantt, secs, when
-from mcnotify.errors import EXIT_FAILURE, EXIT_USAGE
+from mcnotify.errors import EXIT_FAILURE
 from mcnotify.redact import scrub
 
 if TYPE_CHECKING:
@@ -27,13 +27,11 @@ def history(
     result: Annotated[
         Literal["ok", "failed", "temporary", "running"] | None, typer.Option(help="Only runs with this result.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="How many runs, newest first (1 or more).", max=LARGEST)] = 20,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first (1 or more).", min=1, max=LARGEST)] = 20,
 ) -> None:
     """Recent runs, newest first: command, host, start, duration, exit code, counts, error."""
     cli = application(ctx)
     out = cli.out
-    if limit < 1:
-        cli.fail("--limit must be 1 or more", EXIT_USAGE)
     runs = cli.read_only(lambda c: c.store.runs(limit=limit, command=step, result=result))
     for run in runs:
         run["counts"] = json.loads(run["counts"]) if run["counts"] else {}
@@ -73,7 +71,7 @@ def _unfinished(run: dict[str, Any]) -> str:
 @app.command()
 def show(
     ctx: typer.Context,
-    batch: Annotated[int, typer.Argument(help="Batch number.", max=LARGEST)],
+    batch: Annotated[int, typer.Argument(help="Batch number.", min=1, max=LARGEST)],
     json_out: JsonOut = False,
 ) -> None:
     """One batch: its steps on a timeline, the import's counts, sent/failed/invalid per channel, first errors."""
@@ -129,7 +127,7 @@ def show(
 @app.command()
 def retry(
     ctx: typer.Context,
-    batch: Annotated[int, typer.Option("--batch", help="Batch number.", max=LARGEST)],
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.", min=1, max=LARGEST)],
     channel: Annotated[
         Literal["email", "sms"] | None, typer.Option(help="Only this channel; both when omitted.")
     ] = None,
@@ -145,7 +143,7 @@ def retry(
 @app.command()
 def skip(
     ctx: typer.Context,
-    batch: Annotated[int, typer.Option("--batch", help="Batch number.", max=LARGEST)],
+    batch: Annotated[int, typer.Option("--batch", help="Batch number.", min=1, max=LARGEST)],
     reason: Annotated[str, typer.Option(help="Why; kept with every skipped notification.")],
 ) -> None:
     """Mark a stuck batch done: what it has not sent is marked skipped with the reason."""
@@ -159,12 +157,12 @@ def skip(
 @app.command()
 def invalid(
     ctx: typer.Context,
-    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.", max=LARGEST)] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Only this batch.", min=1, max=LARGEST)] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write them to this CSV file instead ('-': standard output).")
     ] = None,
     json_out: JsonOut = False,
-    limit: Annotated[int, typer.Option(help="At most this many.", max=LARGEST)] = 100_000,
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1, max=LARGEST)] = 100_000,
 ) -> None:
     """List quarantined contacts with the reason, so the app team can fix their data."""
     from mcnotify import report

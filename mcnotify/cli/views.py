@@ -10,21 +10,19 @@ import typer
 
 from mcnotify.cli.application import LARGEST, JsonOut, app, application, config_app
 from mcnotify.cli.render import render_status
-from mcnotify.errors import EXIT_CONFIG, EXIT_USAGE
+from mcnotify.errors import EXIT_CONFIG
 
 
 @app.command()
 def status(
     ctx: typer.Context,
     json_out: JsonOut = False,
-    limit: Annotated[int, typer.Option(help="How many batches, newest first (1 or more).", max=LARGEST)] = 10,
+    limit: Annotated[int, typer.Option(help="How many batches, newest first (1 or more).", min=1, max=LARGEST)] = 10,
 ) -> None:
     """Recent batches with each step's state, counts and durations."""
     from mcnotify import report
 
     cli = application(ctx)
-    if limit < 1:  # the store reads no limit as "every batch, oldest first": never what was asked for
-        cli.fail("--limit must be 1 or more", EXIT_USAGE)
     data = cli.read_only(lambda c: report.status(c.store, limit, c.settings.templates))
     if json_out:
         cli.out.print_json(json.dumps(data, default=str))
