@@ -21,6 +21,7 @@ SAMPLES: dict[type, list[Any]] = {
     float: [0.0, 2.5, 2, "2.5", "nan", "x", None],
     bool: [True, False, "yes", "0", "", None],
 }
+CHOICES: list[Any] = ["email", "EMAIL", "ok", "fax", "", 3, None]
 
 
 def _outcome(coerce: Any, value: Any, param: Any) -> tuple[str, Any]:
@@ -47,12 +48,13 @@ def test_plain_option_values_come_out_as_typers_own_coercion_gives_them(tmp_path
     for _, param in params:
         use_plain_values([param])
     covered = {f"{where} {p.name}": p for where, p in params if isinstance(p._runtime_param, PlainValues)}
-    # The ones a run parses on every start, and the other plain ones.
+    # The ones a run parses on every start, the other plain ones, and the choices (whose absence alone is ours).
     assert {"mcnotify config", "mcnotify quiet", "run-all follow", "status limit", "history step"} <= set(covered)
-    assert "retry channel" not in covered  # a choice: typer's own
+    assert {"retry channel", "history result"} <= set(covered)
     for name, param in covered.items():
         typers_own = build_runtime_param(param.type_descriptor)
         kind = param.type_descriptor.annotation
-        for value in [*SAMPLES[kind], *([str(existing_file), existing_dir] if kind is Path else [])]:
+        samples = SAMPLES.get(kind, CHOICES)
+        for value in [*samples, *([str(existing_file), existing_dir] if kind is Path else [])]:
             ours = _outcome(param._runtime_param.coerce, value, param)
             assert ours == _outcome(typers_own.coerce, value, param), (name, value)

@@ -130,6 +130,8 @@ class PlainValues:
 
     def _plain(self, value: Any) -> Any:
         kind = self.descriptor.annotation
+        if not _default_info(self.descriptor.parameter_info):
+            return None
         if kind is Path:
             if not isinstance(value, (str, Path)) or "\x00" in str(value) or not _encodable(str(value)):
                 return None
@@ -175,15 +177,14 @@ def _default_info(info: Any) -> bool:
 
 
 def use_plain_values(params: list[Any]) -> None:
-    """Give each single-valued, unconstrained parameter `PlainValues`, where typer's parameter has the slot it
-    caches its coercion in (`_runtime_param`, typer 0.29): with another typer, nothing changes."""
+    """Give each single-valued parameter `PlainValues` (which hands a choice's or a constrained option's value to
+    typer, but not its absence: a `--result` left out is None without pydantic), where typer's parameter has the
+    slot it caches its coercion in (`_runtime_param`, typer 0.29): with another typer, nothing changes."""
     for param in params:
         descriptor = getattr(param, "type_descriptor", None)
         if (
             descriptor is not None
             and getattr(param, "_runtime_param", False) is None
-            and descriptor.annotation in (str, Path, bool, int, float)
-            and _default_info(descriptor.parameter_info)
             and param.nargs == 1
             and not param.multiple
         ):
