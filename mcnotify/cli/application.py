@@ -107,10 +107,11 @@ class PlainValues:
     """typer's coercion of one option's value, without pydantic for the values that need none.
 
     typer 0.29 builds a pydantic TypeAdapter for every option it coerces, and importing pydantic for that is
-    about a fifth of an idle `run-all`. A value that already has the option's plain type (a default: a bool, an
-    int, a Path) and a string for a `str` or an unconstrained `Path` option come back as typer would return them;
-    everything else (numbers typed on the command line, choices, a NUL byte, a path that exists but cannot be
-    read) goes to typer's own coercion, so its checks and its error messages are unchanged."""
+    about a fifth of an idle `run-all`. These come back as typer would return them: no value (None, for any
+    option), a value that already has the option's plain type and range (a default: a bool, an int, a Path), and
+    a string for a `str` or an unconstrained `Path` option. Everything else (numbers typed on the command line,
+    choices, a NUL byte, a path that exists but cannot be read) goes to typer's own coercion, so its checks and
+    its error messages are unchanged."""
 
     def __init__(self, descriptor: Any) -> None:
         self.descriptor = descriptor
@@ -130,7 +131,7 @@ class PlainValues:
 
     def _plain(self, value: Any) -> Any:
         kind = self.descriptor.annotation
-        if not _default_info(self.descriptor.parameter_info):
+        if not _only_a_range(self.descriptor.parameter_info):
             return None
         if kind is Path:
             if not isinstance(value, (str, Path)) or "\x00" in str(value) or not _encodable(str(value)):
@@ -160,9 +161,9 @@ def _encodable(path: str) -> bool:
     return True
 
 
-def _default_info(info: Any) -> bool:
-    """Whether an option declares none of typer's value constraints but a range (path checks, a parser, clamping);
-    PlainValues checks a range itself."""
+def _only_a_range(info: Any) -> bool:
+    """Whether a range is the only check typer makes of the option's value (none of its path checks, no parser,
+    no clamping): PlainValues checks a range itself."""
     return (
         info.parser is None
         and not info.clamp
