@@ -145,20 +145,26 @@ def _port_problem(parts: SplitResult) -> str | None:
     return None
 
 
+def _mysql_url_problem(value: str, parts: SplitResult | None) -> str | None:
+    """What the source's and the state's mysql:// URLs share: a user and password a parser reads whole, a URL
+    urllib can split, a numeric port if any."""
+    return _userinfo_problem(value) or (UNREADABLE_URL if parts is None else _port_problem(parts))
+
+
 def _check_source_url(value: str) -> str | None:
     parts = _split_url(value)
     if parts is not None and parts.scheme == "sqlite":
         return None
     if parts is not None and parts.scheme not in _MYSQL_SCHEMES:
         return "must start with mysql:// or sqlite:///"
-    return _userinfo_problem(value) or (UNREADABLE_URL if parts is None else _port_problem(parts))
+    return _mysql_url_problem(value, parts)
 
 
 def check_state_url(value: str) -> str | None:
     parts = _split_url(value)
     if parts is not None and parts.scheme not in _MYSQL_SCHEMES:
         return f"must be {MYSQL_URL} (MariaDB >= 10.6 or MySQL >= 8.0)"
-    if problem := _userinfo_problem(value) or (UNREADABLE_URL if parts is None else _port_problem(parts)):
+    if problem := _mysql_url_problem(value, parts):
         return problem
     assert parts is not None
     if not parts.hostname:

@@ -16,7 +16,7 @@ import typer.core
 from rich.console import Console
 
 from mcnotify import __version__
-from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, load
+from mcnotify.config import DEFAULT_CONFIG_PATH, Settings, hide_userinfo, load
 from mcnotify.errors import EXIT_FAILURE, EXIT_TEMPORARY, McnotifyError
 from mcnotify.redact import scrub
 
@@ -115,6 +115,7 @@ class PlainValues:
 
     def __init__(self, descriptor: Any) -> None:
         self.descriptor = descriptor
+        self.checked_by_typer_only = not _only_a_range(descriptor.parameter_info)
         self.typers_own: Any = None
 
     def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
@@ -131,7 +132,7 @@ class PlainValues:
 
     def _plain(self, value: Any) -> Any:
         kind = self.descriptor.annotation
-        if not _only_a_range(self.descriptor.parameter_info):
+        if self.checked_by_typer_only:
             return None
         if kind is Path:
             if not isinstance(value, (str, Path)) or "\x00" in str(value) or not _encodable(str(value)):
@@ -248,12 +249,8 @@ def usage_error(exc: typer.TyperException, ctx: Any, command_line: list[str]) ->
 def _without_userinfo(text: str) -> str:
     """click echoes an argument it cannot place, escaped: a URL's user:password@ in it is masked generously, from
     each `://` to the last `@` before the next `://` or the end (a password may hold spaces, `@` or escapes)."""
-    parts = text.split("://")
-    for i in range(1, len(parts)):
-        _, at, after = parts[i].rpartition("@")
-        if at:
-            parts[i] = f"***@{after}"
-    return "://".join(parts)
+    head, *urls = text.split("://")
+    return "://".join([head, *map(hide_userinfo, urls)])
 
 
 class GlobalOptionsAnywhere(McnotifyGroup):

@@ -202,8 +202,7 @@ def _run_pool(
 ) -> None:
     """Run jobs with at most `throttle.limit` in flight; record each result as it lands, in one transaction per
     call. On a fatal error (a call's, a claim's, a recording's), let the in-flight ones finish and be recorded,
-    then re-raise the first. `on_submit(i)` runs in
-    this thread just before job i is handed to the pool."""
+    then re-raise the first. `on_submit(i)` runs in this thread just before job i is handed to the pool."""
     failure: BaseException | None = None
     last_progress = time.monotonic()  # a running count once a second; a short send logs only its result
     with cf.ThreadPoolExecutor(max_workers=throttle.maximum, thread_name_prefix="mcnotify-send") as pool:
@@ -212,7 +211,7 @@ def _run_pool(
         submitted = 0
 
         def fill() -> None:
-            """Hand jobs to the pool up to the limit. A failure to (claiming the next chunk, marking a row) ends
+            """Hand jobs to the pool up to the limit. A failure here (claiming the next chunk, marking a row) ends
             the submitting, not the recording: what is in flight is still recorded, then the failure is raised."""
             nonlocal submitted, failure
             try:
