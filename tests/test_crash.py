@@ -26,6 +26,9 @@ def phase(state: Path) -> str:
     if not state.exists():
         return "start"
     with sqlite3.connect(state) as conn:
+        # A kill between creating the file and committing its schema leaves a file with no tables: still the start.
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone() is None:
+            return "start"
         row = conn.execute("SELECT status, id FROM batches ORDER BY id DESC LIMIT 1").fetchone()
         if row is None:
             return "start"
