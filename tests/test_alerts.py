@@ -38,7 +38,7 @@ def alerting(tmp_path: Path) -> Iterator[tuple[Sandbox, Path]]:
     box, config, _ = demo_lib.prepare(tmp_path)
     Slack.texts = []
     web = HTTPServer(("127.0.0.1", 0), Slack)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
+    threading.Thread(target=web.serve_forever, args=(0.05,), daemon=True).start()
     url = f"http://127.0.0.1:{web.server_address[1]}/hook"
     config.write_text(config.read_text() + f'\n[alerts]\nslack_webhook = "{url}"\non_recovery = true\n')
     yield box, config

@@ -103,7 +103,7 @@ def slack() -> Iterator[tuple[list[str], int]]:
     """A loopback stand-in for a Slack incoming webhook: (the texts it received, its port)."""
     _Hook.received = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield _Hook.received, int(server.server_address[1])
     finally:

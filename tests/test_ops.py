@@ -67,7 +67,7 @@ class SmtpHandler(socketserver.StreamRequestHandler):
 
 
 def serve(server: socketserver.BaseServer) -> None:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
 
 
 def add(config: Path, text: str) -> None:

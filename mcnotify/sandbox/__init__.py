@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
@@ -68,7 +69,9 @@ class Sandbox:
         return self.http.base_url
 
     def start(self) -> Sandbox:
-        threading.Thread(target=self.http.serve_forever, name="sandbox-http", daemon=True).start()
+        # A short poll: stop() waits up to one interval, and the default 0.5 s was a minute of every test suite.
+        serve = functools.partial(self.http.serve_forever, poll_interval=0.05)
+        threading.Thread(target=serve, name="sandbox-http", daemon=True).start()
         if self.sftp:
             self.sftp.start()
             (self.workdir / "known_hosts").write_text(self.sftp.known_hosts_line())
