@@ -536,6 +536,33 @@ def test_an_owner_that_loses_the_pipeline_during_its_upload_publishes_nothing(en
     assert sorted(p.name for p in env.import_dir.iterdir()) == [section.file_name]
 
 
+def test_an_owner_frozen_after_the_fence_said_yes_publishes_nothing_when_it_wakes(
+    state_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence's answer ages: an owner that froze right after the database said "yours" (its heartbeat frozen
+    with it) and woke past the lease, with another owner meanwhile, is refused though it has not asked again."""
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        assert a.take_pipeline()
+        a.check_fence()  # current: the owner may upload
+        ask = a.conn.execute
+
+        def answered_then_frozen(sql: str, args: Any = ()) -> Any:
+            answer = ask(sql, args)
+            if "AS remaining" in sql:
+                _freeze(a)
+                deadline = time.monotonic() + LEASE + 3
+                while not b.take_pipeline():
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            return answer
+
+        monkeypatch.setattr(a.conn, "execute", answered_then_frozen)
+        with pytest.raises(PipelineLost, match="ran out"):
+            a.check_fence()
+
+
 # -- three real followers -------------------------------------------------------------------------------------
 def _follower(env: Env, name: str) -> tuple[subprocess.Popen[str], Path]:
     log = env.tmp / f"{name}.log"

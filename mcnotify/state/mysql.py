@@ -72,6 +72,9 @@ _ALREADY_APPLIED = {1050, 1060, 1061, 1091}
 RUN_LEASE = "run"
 PIPELINE_LEASE = "pipeline"  # the import pipeline (claiming, the subscriber file, the import): one owner at a time
 FOLLOWER = "follower"
+# Seconds the pipeline's lease must still run when an upload is published or an import started: what happens
+# between the last check and the bytes leaving (a rename, a request sent) must fall inside the lease.
+FENCE_MARGIN = 1.0
 _NOW = "UNIX_TIMESTAMP(NOW(6))"  # the database's clock decides every expiry: hosts' clocks need not agree
 _NO_LIMIT = 18446744073709551615  # MySQL's "no LIMIT" (SQLite's LIMIT -1)
 
@@ -934,9 +937,10 @@ class MySQLStore(StateStore):
         covers (an upload), the lease must also be current: a takeover could come at any moment after."""
         if self._pipeline is None or self._pipeline_lost.is_set():
             raise PipelineLost(f"this process does not own the import pipeline on {self.location}")
+        asked = time.monotonic()
         row = self.conn.execute(
-            f"SELECT expires_at > {_NOW} AS current FROM leases WHERE name = ? AND holder = ? AND generation = ?"
-            f" {locking}",
+            f"SELECT expires_at > {_NOW} AS current, expires_at - {_NOW} AS remaining FROM leases"
+            f" WHERE name = ? AND holder = ? AND generation = ? {locking}",
             (PIPELINE_LEASE, self._holder, self._pipeline),
         ).fetchone()
         if row is None:
@@ -945,7 +949,12 @@ class MySQLStore(StateStore):
             raise PipelineLost(
                 f"another process took the import pipeline on {self.location} over; this cycle stops here"
             )
-        if not locking and not row["current"]:
+        if locking:
+            return
+        # The lease must outlast what the caller does next by a margin, counted from when the question was sent:
+        # a pause after the database answered (a freeze, a VM pause) is caught here, not after the upload.
+        margin = min(FENCE_MARGIN, self.lease / 4)
+        if not row["current"] or time.monotonic() - asked > float(row["remaining"]) - margin:
             raise PipelineLost(
                 f"the lease on the import pipeline on {self.location} ran out (no heartbeat for {self.lease:g} s);"
                 " not uploading or starting an import until it is renewed"
