@@ -563,6 +563,40 @@ def test_an_owner_frozen_after_the_fence_said_yes_publishes_nothing_when_it_wake
             a.check_fence()
 
 
+def test_a_fenced_import_start_is_never_sent(env: Env, state_db: str) -> None:
+    """The import start is fenced once its token is in hand, right before the request goes out: an owner that
+    lost the pipeline meanwhile sends nothing, and MC starts no import."""
+    from mcnotify.config import load
+    from mcnotify.mc import soap
+    from mcnotify.mc.auth import TokenProvider
+    from mcnotify.mc.client import McClient
+    from mcnotify.state.tokens import NoTokenCache
+
+    section = load(env.config).marketing_cloud
+    client = McClient(section, TokenProvider(section, NoTokenCache()))
+    with stores(state_db, 2) as (a, b):
+        a.register("follower")
+        b.register("follower")
+        assert a.take_pipeline()
+
+        def lost_meanwhile() -> None:
+            _freeze(a)
+            deadline = time.monotonic() + LEASE + 3
+            while not b.take_pipeline():
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            a.check_fence()
+
+        try:
+            with pytest.raises(PipelineLost):
+                soap.start_import(client, "mcnotify-subscribers", before_send=lost_meanwhile)
+            assert env.sandbox.account.tasks == {}
+            assert soap.start_import(client, "mcnotify-subscribers", before_send=b.check_fence)  # the owner's goes
+            assert len(env.sandbox.account.tasks) == 1
+        finally:
+            client.close()
+
+
 # -- three real followers -------------------------------------------------------------------------------------
 def _follower(env: Env, name: str) -> tuple[subprocess.Popen[str], Path]:
     log = env.tmp / f"{name}.log"

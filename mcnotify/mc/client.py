@@ -124,10 +124,12 @@ class McClient:
         soap: tuple[str, Callable[[str], str]] | None = None,
         check: Callable[[int, Any], None] | None = None,
         idempotent: bool = True,
+        before_send: Callable[[], None] | None = None,
     ) -> Reply:
         """Send one request. `soap` is (SOAPAction, envelope builder taking the token). `check(status, body)`
         raises for an answer that is an error (AuthExpired, TransientMcError, McApiError); the default reads
-        REST's status codes (SOAP passes its fault reader)."""
+        REST's status codes (SOAP passes its fault reader). `before_send` runs right before each attempt goes
+        out, once the token is in hand; what it raises stops the request unsent."""
         refreshed = False
 
         def attempt() -> Reply:
@@ -143,6 +145,8 @@ class McClient:
                 headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
                 data = build(token.access_token).encode("utf-8")
             session = self._session()
+            if before_send is not None:
+                before_send()
             try:
                 resp = wire.request(
                     session,

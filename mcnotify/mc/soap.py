@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -118,9 +119,10 @@ def check_fault(status: int, text: str) -> None:
     raise McApiError(f"MC SOAP fault: {faultstring}", status)
 
 
-def start_import(client: McClient, customer_key: str) -> str:
+def start_import(client: McClient, customer_key: str, before_send: Callable[[], None] | None = None) -> str:
     """Start one run of the import definition. Not safe to repeat: a request that may have reached MC raises
-    mcnotify.mc.client.OutcomeUnknown instead of being retried (ask `import_runs` what happened)."""
+    mcnotify.mc.client.OutcomeUnknown instead of being retried (ask `import_runs` what happened). `before_send`
+    runs right before the request goes out (the pipeline's fence)."""
     body = (
         '<PerformRequestMsg xmlns="http://exacttarget.com/wsdl/partnerAPI"><Action>start</Action>'
         '<Definitions><Definition xsi:type="ImportDefinition">'
@@ -133,6 +135,7 @@ def start_import(client: McClient, customer_key: str) -> str:
         soap=("Perform", lambda t: envelope(t, body)),
         check=check_fault,
         idempotent=False,
+        before_send=before_send,
     )
     root = _parse(reply.body)
     status = _text(root, "StatusCode")

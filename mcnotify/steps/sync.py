@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcnotify.errors import ConfigError, McnotifyError
+from mcnotify.errors import ConfigError, McnotifyError, PipelineLost
 from mcnotify.redact import mask_contact
 from mcnotify.source import CREATED_AT, Source, open_source
 from mcnotify.state import Batch
@@ -286,14 +286,17 @@ def _start_once(ctx: Context, batch_id: int, key: str) -> str:
         with store.transaction():
             store.note_import_start(batch_id)
         try:
-            store.check_fence()  # nor a start by an owner that froze since that transaction
-            task_id = soap.start_import(ctx.mc(), key)
+            # Nor a start by an owner that froze since that transaction: fenced once the token is in hand, right
+            # before the request goes out (a token fetch can take long).
+            task_id = soap.start_import(ctx.mc(), key, before_send=store.check_fence)
         except OutcomeUnknown as exc:
             ctx.progress(f"sync: the start of import {key!r} may or may not have reached MC ({exc}); asking MC")
             if task_id := _started_run(ctx, batch_id, key):
                 return task_id
             ctx.progress(f"sync: MC lists no new run of import {key!r}: it never started; starting it again")
             continue
+        except PipelineLost:
+            raise  # unsent; the start stays noted, and the new owner asks MC's runs whether one began
         except McnotifyError:
             with store.transaction():  # MC answered: it did not start the import
                 store.forget_import_start(batch_id)
