@@ -675,9 +675,9 @@ def test_three_followers_killed_at_random_and_one_frozen_deliver_everything_once
         time.sleep(4)
         frozen = owner_name()
         procs[frozen][0].send_signal(signal.SIGSTOP)
-        frozen_at = time.monotonic()  # the sandbox's clock
         time.sleep(4 * lease)
         woke_at = procs[frozen][1].stat().st_size
+        thawed_at = time.monotonic()  # the sandbox's clock
         procs[frozen][0].send_signal(signal.SIGCONT)
         time.sleep(3)
         kill(rng.choice(sorted(set(procs) - {frozen})))
@@ -720,12 +720,12 @@ def test_three_followers_killed_at_random_and_one_frozen_deliver_everything_once
     # An upload begun after the thaw was never published. (One begun before the freeze may be logged as done after
     # it: the log cannot tell a rename made before the freeze from one made after; the fence's own test does.)
     assert "bytes uploaded to" not in after.partition("sync: uploading")[2], after[-2000:]
-    # An import start logged after the thaw is one MC received before the freeze (its reply was read after): the
-    # sandbox's record of each such task says when the request came.
+    # An import start logged after the thaw is one sent before the freeze (its reply was read after): the sandbox's
+    # record of each such task says it came before the thaw (a start sent after it could not).
     late = [
         task
         for task in re.findall(r"sync: started import '[^']*', task (\S+)", after)
-        if env.sandbox.account.tasks[task].started_at >= frozen_at
+        if env.sandbox.account.tasks[task].started_at >= thawed_at
     ]
     assert late == [], (late, after[-2000:])
 

@@ -956,8 +956,9 @@ class MySQLStore(StateStore):
         margin = min(FENCE_MARGIN, self.lease / 4)
         if not row["current"] or time.monotonic() - asked > float(row["remaining"]) - margin:
             raise PipelineLost(
-                f"the lease on the import pipeline on {self.location} ran out (no heartbeat for {self.lease:g} s);"
-                " not uploading or starting an import until it is renewed"
+                f"the lease on the import pipeline on {self.location} ran out, or has under {margin:g} s to run"
+                " (its heartbeat is late, or this process was paused); not uploading or starting an import until it"
+                " is renewed"
             )
 
     def check_fence(self) -> None:
