@@ -598,6 +598,45 @@ def test_a_fenced_import_start_is_never_sent(env: Env, state_db: str) -> None:
             client.close()
 
 
+def test_an_import_start_the_fence_refused_while_still_the_owner_is_started_at_once_next_run(
+    env: Env, app_db: Any, state_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence refuses an import start while this process still owns the pipeline (its heartbeat ran late: a
+    database hiccup, a long GC): the request was never sent, so the start is forgotten and the next run starts the
+    import at once, instead of asking MC's runs for one that never began. (Found by an attack on the fence.)"""
+    from mcnotify.mc import soap
+
+    env.values["state"] = {"url": state_db}
+    env.write()
+    real = soap.start_import
+
+    def heartbeat_late(client: Any, key: str, before_send: Any = None) -> str:
+        store = before_send.__self__
+
+        def check() -> None:
+            _freeze(store)  # the heartbeat is late: the lease has 0.5 s left, under the fence's margin
+            store.conn.execute("UPDATE leases SET expires_at = UNIX_TIMESTAMP(NOW(6)) + 0.5 WHERE name = 'pipeline'")
+            before_send()
+
+        return real(client, key, before_send=check)
+
+    monkeypatch.setattr(soap, "start_import", heartbeat_late)
+    app_db(event_rows(1, people(3)))
+    first = run_cli(env.config, "run-all")
+    assert first.exit_code == 75 and "has under" in first.output, first.output
+    assert env.sandbox.account.tasks == {}  # never sent
+    with stores(state_db, 1) as (store,):
+        batch = store.batch(1)
+        assert batch is not None and batch.import_status != "starting", batch
+    monkeypatch.setattr(soap, "start_import", real)
+    second = run_cli(env.config, "-v", "run-all")
+    assert second.exit_code == 0, second.output
+    assert "asking MC" not in second.output and "MC lists" not in second.output, second.output
+    assert len(env.sandbox.account.tasks) == 1
+    delivered = Counter(m["messageKey"] for m in env.accepted())
+    assert len(delivered) == 9 and set(delivered.values()) == {1}
+
+
 # -- three real followers -------------------------------------------------------------------------------------
 def _follower(env: Env, name: str) -> tuple[subprocess.Popen[str], Path]:
     log = env.tmp / f"{name}.log"

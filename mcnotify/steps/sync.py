@@ -5,6 +5,7 @@ Resumable at every stage: a batch records how far it got (claiming -> claimed ->
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcnotify.errors import ConfigError, McnotifyError, PipelineLost
+from mcnotify.errors import ConfigError, McnotifyError, PipelineLost, StateDatabaseError
 from mcnotify.redact import mask_contact
 from mcnotify.source import CREATED_AT, Source, open_source
 from mcnotify.state import Batch
@@ -296,7 +297,12 @@ def _start_once(ctx: Context, batch_id: int, key: str) -> str:
             ctx.progress(f"sync: MC lists no new run of import {key!r}: it never started; starting it again")
             continue
         except PipelineLost:
-            raise  # unsent; the start stays noted, and the new owner asks MC's runs whether one began
+            # Unsent. Still the owner (its lease ran low, nobody took it over): forget the start, fenced, so the next
+            # cycle starts the import at once instead of asking MC's runs for one that never began. Taken over:
+            # that transaction is refused, the start stays noted, and the new owner asks MC's runs.
+            with contextlib.suppress(PipelineLost, StateDatabaseError), store.transaction():
+                store.forget_import_start(batch_id)
+            raise
         except McnotifyError:
             with store.transaction():  # MC answered: it did not start the import
                 store.forget_import_start(batch_id)
