@@ -52,6 +52,15 @@ def _freeze(store: MySQLStore) -> None:
         store._heartbeat.join(5)
 
 
+def _taken_over(frozen: MySQLStore, by: MySQLStore) -> None:
+    """`frozen` freezes past its lease and `by` takes the pipeline over, as soon as it may."""
+    _freeze(frozen)
+    deadline = time.monotonic() + LEASE + 3
+    while not by.take_pipeline():
+        assert time.monotonic() < deadline, "no takeover within the lease and a little"
+        time.sleep(0.1)
+
+
 def _sms(nid: str) -> NewNotification:
     return NewNotification(
         nid, "t", "sms", f"k{nid}", "+886912345678", "+886912345678", "{}", None, Delivery.PENDING, None,
@@ -524,11 +533,7 @@ def test_an_owner_that_loses_the_pipeline_during_its_upload_publishes_nothing(en
         assert a.take_pipeline()
 
         def frozen_then_woken() -> None:
-            _freeze(a)  # the upload took longer than the lease: another took the pipeline over
-            deadline = time.monotonic() + LEASE + 3
-            while not b.take_pipeline():
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            _taken_over(a, by=b)  # the upload took longer than the lease: another took the pipeline over
             a.check_fence()
 
         with pytest.raises(PipelineLost):
@@ -552,11 +557,7 @@ def test_an_owner_frozen_after_the_fence_said_yes_publishes_nothing_when_it_wake
         def answered_then_frozen(sql: str, args: Any = ()) -> Any:
             answer = ask(sql, args)
             if "AS remaining" in sql:
-                _freeze(a)
-                deadline = time.monotonic() + LEASE + 3
-                while not b.take_pipeline():
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
+                _taken_over(a, by=b)
             return answer
 
         monkeypatch.setattr(a.conn, "execute", answered_then_frozen)
@@ -581,11 +582,7 @@ def test_a_fenced_import_start_is_never_sent(env: Env, state_db: str) -> None:
         assert a.take_pipeline()
 
         def lost_meanwhile() -> None:
-            _freeze(a)
-            deadline = time.monotonic() + LEASE + 3
-            while not b.take_pipeline():
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            _taken_over(a, by=b)
             a.check_fence()
 
         try:
