@@ -49,6 +49,17 @@ def _bundle_step(letters: str, known: dict[str, Any], own: dict[str, Any]) -> in
     return 1
 
 
+def _global_step(token: str, known: dict[str, Any], own: dict[str, Any]) -> int:
+    """How many arguments the app's own option at `token` spans (2 when its value is the next argument, as a bundle's
+    last letter may take it), or 0 when it is not the app's, or is also the command's own (`own`)."""
+    name = token.split("=", 1)[0]
+    if name in known and name not in own:
+        return 2 if _takes_value(known[name], token) else 1
+    if len(token) > 2 and token[0] == "-" and token[1] != "-":
+        return _bundle_step(token[1:], known, own)  # -qv, -qc FILE, -cFILE
+    return 0
+
+
 def hoist_global_options(group: Any, args: list[str]) -> list[str]:
     """`mcnotify send-email -v` as `mcnotify -v send-email`: the app's own options (the callback's: --config,
     -q, -v, --log-json, --show-contacts) found after the command name are moved in front of it. The command's
@@ -57,11 +68,7 @@ def hoist_global_options(group: Any, args: list[str]) -> list[str]:
     known = _options(group.params)
     start = 0
     while start < len(args) and args[start].startswith("-") and args[start] != "--":
-        token = args[start]
-        param = known.get(token.split("=", 1)[0])
-        step = (2 if _takes_value(param, token) else 1) if param is not None else 0
-        if param is None and len(token) > 2 and token[1] != "-":
-            step = _bundle_step(token[1:], known, {})  # -qv, -cFILE before the command
+        step = _global_step(args[start], known, {})
         if not step:
             return args
         start += step
@@ -83,12 +90,7 @@ def hoist_global_options(group: Any, args: list[str]) -> list[str]:
         if token == "--":
             kept += args[i:]
             break
-        if name in known and name not in own:
-            step = 2 if _takes_value(known[name], token) else 1
-        elif len(token) > 2 and token[0] == "-" and token[1] != "-":
-            step = _bundle_step(token[1:], known, own)
-        else:
-            step = 0
+        step = _global_step(token, known, own)
         if step:
             if i + step > len(args):  # moved in front of the command, it would take the command's name as its value
                 from typer._click.exceptions import BadOptionUsage

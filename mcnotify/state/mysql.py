@@ -939,7 +939,7 @@ class MySQLStore(StateStore):
             raise PipelineLost(f"this process does not own the import pipeline on {self.location}")
         asked = time.monotonic()
         row = self.conn.execute(
-            f"SELECT expires_at > {_NOW} AS current, expires_at - {_NOW} AS remaining FROM leases"
+            f"SELECT expires_at - {_NOW} AS remaining FROM leases"
             f" WHERE name = ? AND holder = ? AND generation = ? {locking}",
             (PIPELINE_LEASE, self._holder, self._pipeline),
         ).fetchone()
@@ -954,7 +954,7 @@ class MySQLStore(StateStore):
         # The lease must outlast what the caller does next by a margin, counted from when the question was sent:
         # a pause after the database answered (a freeze, a VM pause) is caught here, not after the upload.
         margin = min(FENCE_MARGIN, self.lease / 4)
-        if not row["current"] or time.monotonic() - asked > float(row["remaining"]) - margin:
+        if time.monotonic() - asked > float(row["remaining"]) - margin:  # (an expired lease: under 0 s remaining)
             raise PipelineLost(
                 f"the lease on the import pipeline on {self.location} ran out, or has under {margin:g} s to run"
                 " (its heartbeat is late, or this process was paused); not uploading or starting an import until it"
